@@ -1,0 +1,613 @@
+"""Class activation maps: where in the image a convolutional layer sees a class.
+
+Explained in chapter 10 (CAM), 11 (Grad-CAM), 12 (Guided Grad-CAM), 13 (Grad-CAM++),
+14 (Score-CAM) and 15 (LayerCAM).
+
+Every method here combines the feature maps ``A`` (``[N, K, h, w]``) of one layer with one
+weight per channel (or per element) and returns a heatmap ``[M, H, W]`` on the CPU: scaled to
+[0, 1] and upsampled bilinearly to the input's resolution, one map per image and target.
+Guided Grad-CAM is an input-space map and comes back signed, ``[M, 3, H, W]``.
+
+Conventions of every function:
+
+* ``x`` is a normalised batch ``[N, 3, H, W]`` (``images.to_tensor``); ``target`` is a class
+  index, one per image, or, for a single image, a list of classes (one map per class, all from
+  the same forward pass).
+* ``layer`` is a dotted name (``"features.29"``, ``"layer4"``, ``"inception5b"``) or a module;
+  ``None`` means ``models.last_conv_layer(model)``. A layer that runs more than once per
+  forward pass (ResNet's shared ``relu`` inside a block) raises ``ValueError``.
+* The forward pass builds no graph before the layer (its output is made a leaf) and the
+  backward pass stops at the layer: only the part of the network after the layer is
+  differentiated, never the weights.
+* The model is left exactly as it was (hooks, ``inplace`` flags, ``requires_grad``, train/eval
+  mode), also after an exception.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import hooks, models
+
+__all__ = [
+    "cam", "grad_cam", "guided_grad_cam", "grad_cam_pp", "score_cam", "layer_cam",
+    "cam_map", "grad_cam_map", "grad_cam_pp_map", "layer_cam_map", "score_cam_masks",
+    "gap_classifier", "fuse", "to_heatmap", "Cached", "timings",
+]
+
+
+# ----------------------------------------------------------------------------- small helpers
+def _device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover - every model of the book has parameters
+        return torch.device("cpu")
+
+
+def _input(model: nn.Module, x) -> torch.Tensor:
+    """The normalised batch on the model's device, detached (no graph to the caller's tensor)."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"x must be a normalised batch of images, a tensor [N, 3, H, W] "
+                         f"(make it with images.to_tensor(image, model)); got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1:
+        raise ValueError(f"x must be a normalised batch of images [N, 3, H, W] with N >= 1 "
+                         f"(images.to_tensor(image, model) gives [1, 3, H, W]); got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor (normalised pixels), got dtype {x.dtype}")
+    return x.detach().to(_device(model))
+
+
+def _plan(model: nn.Module, x: torch.Tensor, target):
+    """Which image and which class each output map is for: (image index [M], class [M]).
+
+    ``target`` is an int (every image), one class per image, or, for a single image, a list
+    of any number of classes (one map per class).
+    """
+    n = x.shape[0]
+    several = isinstance(target, (list, tuple)) or (isinstance(target, torch.Tensor) and target.ndim > 0)
+    if n == 1 and several:
+        classes = models.check_target(model, target)
+        if not classes:
+            raise ValueError("target is an empty list; give at least one class index")
+        image = [0] * len(classes)
+    else:
+        classes = models.check_target(model, target, n)
+        image = list(range(n))
+    return torch.tensor(image, dtype=torch.long), torch.tensor(classes, dtype=torch.long)
+
+
+def _layer_list(model: nn.Module, layer):
+    """(modules, single): ``layer`` may be one layer or a list of layers (``None``: the last conv layer)."""
+    single = not isinstance(layer, (list, tuple))
+    layers = [layer] if single else list(layer)
+    if not layers:
+        raise ValueError("layer is an empty list; give a layer name or module, or a list of them")
+    modules = [models.layer(model, models.last_conv_layer(model) if entry is None else entry) for entry in layers]
+    return modules, single
+
+
+def _logits(out, model) -> torch.Tensor:
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise ValueError(f"{models.info(model).name} must return class scores [N, classes]; "
+                         f"it returned {type(out).__name__}")
+    return out
+
+
+def to_heatmap(m: torch.Tensor, size, signed: bool = False) -> torch.Tensor:
+    """Raw maps ``[M, h, w]`` -> ``[M, H, W]`` in [0, 1] at ``size`` (bilinear upsampling), on the CPU.
+
+    Maps that are zero or positive (after a ReLU) are divided by their maximum, so zero stays
+    "no evidence"; ``signed`` maps (CAM) are scaled by min-max. A map that is constant
+    (for instance zero everywhere) becomes all zeros. Explained in chapter 10, CAM.
+    """
+    m = m.detach().float()
+    up = F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    flat = up.flatten(1)
+    lo = flat.min(1).values[:, None, None] if signed else torch.zeros(len(up), 1, 1, device=up.device)
+    hi = flat.max(1).values[:, None, None]
+    span = hi - lo
+    out = torch.where(span > 0, (up - lo) / span.clamp_min(torch.finfo(up.dtype).tiny), torch.zeros_like(up))
+    return out.clamp_(0, 1).cpu()
+
+
+@contextlib.contextmanager
+def _captured(model: nn.Module, modules):
+    """``hooks.capture`` of each layer, with the parameters frozen and the model in eval mode inside.
+
+    ``hooks.capture`` restores the model when it exits, normally or through an exception (hooks,
+    ``inplace`` flags, ``requires_grad`` and train/eval mode), so the freezing done inside is undone
+    too; one snapshot of the model instead of two keeps Grad-CAM close to a forward pass in cost.
+    """
+    with contextlib.ExitStack() as stack:
+        caps = [stack.enter_context(hooks.capture(model, m)) for m in modules]
+        for p in model.parameters():
+            p.requires_grad_(False)   # no graph through the weights, no gradient for them
+        model.eval()
+        yield caps
+
+
+@contextlib.contextmanager
+def _leaves(model: nn.Module, modules):
+    """Forward hooks that cut the graph at the first requested layer: the prefix builds no graph.
+
+    Register them *after* ``hooks.capture`` (which finds the layer, refuses a module that runs
+    twice and protects the recorded output from later in-place operations). A requested layer
+    whose output does not require grad (the first one that runs, or one on a parallel branch)
+    hands on a copy of a new leaf ``A`` that does; the leaves are collected in the dict that the
+    context yields (module -> leaf). Later layers stay in the graph, so one backward pass gives
+    every layer's gradient. Removed on exit (the caller also restores the model).
+    """
+    made = {}
+
+    def as_leaf(module, _inputs, out):
+        if isinstance(out, torch.Tensor) and not out.requires_grad:
+            leaf = out.detach().requires_grad_(True)
+            made[module] = leaf
+            return leaf.clone()  # in-place operations after the layer change the copy, not A
+        return None
+
+    handles = [m.register_forward_hook(as_leaf) for m in dict.fromkeys(modules)]
+    try:
+        yield made
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _one_hot(logits: torch.Tensor, image: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """``[M, N, C]``: for output map m, a one at (image[m], classes[m])."""
+    g = torch.zeros((len(classes),) + tuple(logits.shape), dtype=logits.dtype, device=logits.device)
+    g[torch.arange(len(classes)), image.to(logits.device), classes.to(logits.device)] = 1.0
+    return g
+
+
+def _class_gradients(logits, activations, image, classes, retain_graph=False):
+    """d y^c / d A for each output map: a list (one per layer) of ``[M, K, h, w]``.
+
+    One backward pass when every image has one class (the scores are summed: images of a
+    batch do not interact in eval mode); several classes of one image are done as a batch of
+    gradients in one call (``is_grads_batched``), with a loop as fallback.
+    """
+    n = logits.shape[0]
+    if len(classes) == n and torch.equal(image, torch.arange(n)):
+        score = logits.gather(1, classes.to(logits.device)[:, None]).sum()
+        return list(torch.autograd.grad(score, activations, retain_graph=retain_graph))
+    onehots = _one_hot(logits, image, classes)
+    try:
+        grads = torch.autograd.grad(logits, activations, onehots, retain_graph=True, is_grads_batched=True)
+        grads = [g[torch.arange(len(classes)), image.to(g.device)] for g in grads]
+    except RuntimeError:  # pragma: no cover - an op without a batching rule: one class at a time
+        grads = None
+    if grads is None:  # pragma: no cover
+        per = [torch.autograd.grad(logits, activations, oh, retain_graph=True) for oh in onehots]
+        grads = [torch.stack([p[i][image[m]] for m, p in enumerate(per)]) for i in range(len(activations))]
+    return grads
+
+
+def _forward_backward(model, x, layers, image, classes, retain_graph=False):
+    """Activations and class-score gradients of the given layers (one forward, one backward).
+
+    Returns (activations list of ``[N, K, h, w]``, gradients list of ``[M, K, h, w]``,
+    logits ``[N, C]``). The forward pass before the first layer builds no graph; the backward
+    pass stops at the layers; no weight gradient is computed. Used by Grad-CAM, Grad-CAM++ and
+    LayerCAM (chapters 11, 13, 15).
+    """
+    with _captured(model, layers) as caps, _leaves(model, layers) as leaves:
+        with torch.enable_grad():
+            logits = _logits(model(x), model)
+            for cap in caps:
+                if cap.activations is None:
+                    raise ValueError(f"layer {cap.name!r} did not run in the forward pass of "
+                                     f"{models.info(model).name}")
+            # differentiate with respect to the leaf where the graph starts, else the recorded output
+            wrt = [leaves.get(cap.module, cap.activations) for cap in caps]
+            grads = _class_gradients(logits, wrt, image, classes, retain_graph)
+    return [cap.activations.detach() for cap in caps], [g.detach() for g in grads], logits
+
+
+# ----------------------------------------------------------------------------- CAM (chapter 10)
+def gap_classifier(model: nn.Module, layer=None, activations=None, logits=None) -> nn.Linear:
+    """The linear layer that turns the global average of ``layer``'s maps into the class scores.
+
+    CAM needs this architecture (global average pooling then one linear layer: ResNet,
+    GoogLeNet, Inception v3, ShapesNet). The candidate is a ``nn.Linear`` from the layer's K
+    channels to the C classes; with ``activations`` and ``logits`` of one forward pass it is
+    also checked that ``logits == mean(A) @ W.T + b``. Otherwise ``ValueError`` says why.
+    Explained in chapter 10, CAM.
+    """
+    name = models.layer_name(model, models.layer(model, models.last_conv_layer(model) if layer is None else layer))
+    n_classes = len(models.info(model).classes)
+    k = activations.shape[1] if activations is not None else models.channels(model, name)
+    found = [m for m in model.modules() if isinstance(m, nn.Linear)
+             and m.in_features == k and m.out_features == n_classes]
+    why = (f"CAM needs global average pooling of the layer's feature maps followed by ONE linear layer "
+           f"to the classes (ResNet, GoogLeNet, Inception v3, ShapesNet); use Grad-CAM (chapter 11), "
+           f"which works for any architecture. {models.info(model).name} at layer {name!r}: ")
+    if not found:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise ValueError(why + f"no linear layer takes its {k} channels to the {n_classes} classes "
+                         f"(its linear layers: {', '.join(linears) or 'none'})")
+    fc = found[-1]
+    if activations is not None and logits is not None:
+        pooled = activations.mean((2, 3))
+        scores = F.linear(pooled, fc.weight, fc.bias)
+        tol = 1e-3 * float(logits.abs().max()) + 1e-4
+        if not torch.allclose(scores, logits, rtol=1e-3, atol=tol):
+            raise ValueError(why + f"{models.layer_name(model, fc)} applied to the average of the "
+                             f"maps does not give the model's scores (something else sits between them)")
+    return fc
+
+
+def cam_map(A: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """CAM at the layer's resolution: ``M_c(x, y) = sum_k w_k^c A_k(x, y)``.
+
+    ``A`` is ``[M, K, h, w]``, ``w`` the classifier rows of the target classes ``[M, K]``.
+    Explained in chapter 10, CAM.
+    """
+    return torch.einsum("mk,mkhw->mhw", w, A)
+
+
+def cam(model: nn.Module, x: torch.Tensor, target, layer=None) -> torch.Tensor:
+    """Class activation map (Zhou et al. 2016): the class-weighted sum of the last feature maps.
+
+    ``M_c = sum_k w_k^c A_k`` where ``w^c`` is the row of class c of the linear layer that
+    follows global average pooling (:func:`gap_classifier`). Returns ``[M, H, W]`` in [0, 1]
+    (min-max: CAM has no ReLU), bilinearly upsampled to the input. A model without that
+    architecture (VGG, AlexNet) raises ``ValueError``. Explained in chapter 10, CAM.
+    """
+    x = _input(model, x)
+    image, classes = _plan(model, x, target)
+    (module,), _ = _layer_list(model, layer)
+    with _captured(model, [module]) as (cap,), torch.no_grad():
+        logits = _logits(model(x), model)
+        A = cap.activations
+        fc = gap_classifier(model, module, A, logits)
+        w = fc.weight[classes.to(fc.weight.device)]            # w_k^c: [M, K]
+        m = cam_map(A[image.to(A.device)], w)                  # sum_k w_k^c A_k
+    return to_heatmap(m, x.shape[-2:], signed=True)
+
+
+# ----------------------------------------------------------------------------- Grad-CAM (chapter 11)
+def grad_cam_map(A: torch.Tensor, g: torch.Tensor, counterfactual: bool = False) -> torch.Tensor:
+    """Grad-CAM at the layer's resolution from activations ``A`` and gradients ``g`` (``[M, K, h, w]``).
+
+    ``alpha_k^c = 1/Z sum_ij dy^c/dA^k_ij`` (the spatial mean of the gradient) and
+    ``L^c = ReLU(sum_k alpha_k^c A^k)``. The counterfactual map uses ``-g``: what argues
+    against the class. Explained in chapter 11, Grad-CAM.
+    """
+    if counterfactual:
+        g = -g
+    alpha = g.mean(dim=(2, 3), keepdim=True)                   # alpha_k^c  [M, K, 1, 1]
+    return F.relu((alpha * A).sum(dim=1))                      # ReLU(sum_k alpha_k^c A^k)
+
+
+def _gradient_method(formula, model, x, target, layer, **kwargs):
+    x = _input(model, x)
+    image, classes = _plan(model, x, target)
+    modules, single = _layer_list(model, layer)
+    acts, grads, _ = _forward_backward(model, x, modules, image, classes)
+    maps = [to_heatmap(formula(A[image.to(A.device)], g, **kwargs), x.shape[-2:])
+            for A, g in zip(acts, grads)]
+    return maps[0] if single else torch.stack(maps)
+
+
+def grad_cam(model: nn.Module, x: torch.Tensor, target, layer=None,
+             counterfactual: bool = False) -> torch.Tensor:
+    """Grad-CAM (Selvaraju et al. 2017) of any layer of any model: ``[M, H, W]`` in [0, 1].
+
+    One forward pass (no graph before the layer) and one backward pass that stops at the
+    layer give ``A`` and ``g = dy^c/dA``; then :func:`grad_cam_map`. ``counterfactual=True``
+    negates the gradients (the paper's counterfactual explanation). A list of layers gives
+    ``[L, M, H, W]`` from the same single forward and backward pass.
+    Explained in chapter 11, Grad-CAM.
+    """
+    return _gradient_method(grad_cam_map, model, x, target, layer, counterfactual=counterfactual)
+
+
+# ----------------------------------------------------------------------------- Guided Grad-CAM (chapter 12)
+def guided_grad_cam(model: nn.Module, x: torch.Tensor, target, layer=None) -> torch.Tensor:
+    """Guided Grad-CAM: guided backpropagation times the upsampled Grad-CAM map.
+
+    ``guided(x) * L^c`` pixel by pixel (the map broadcast over the colour channels). Returns a
+    signed input-space map ``[M, 3, H, W]`` on the CPU (show it with ``plots.gradient_image``
+    or ``plots.grayscale``). Guided backpropagation comes from ``helpers.gradients.guided``
+    (chapter 04). Explained in chapter 12, Guided Grad-CAM.
+    """
+    from . import gradients  # chapter 04's module, imported when needed
+
+    x = _input(model, x)
+    image, classes = _plan(model, x, target)
+    xs = x[image.to(x.device)]
+    guided = gradients.guided(model, xs, classes.tolist())     # [M, 3, H, W]
+    heat = grad_cam(model, x, target, layer)                   # [M, H, W] in [0, 1]
+    return guided.detach().float().cpu() * heat[:, None]
+
+
+# ----------------------------------------------------------------------------- Grad-CAM++ (chapter 13)
+def grad_cam_pp_map(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Grad-CAM++ at the layer's resolution (Chattopadhay et al. 2018, Eq. 19 with the exponential).
+
+    With ``Y^c = exp(S^c)`` and a piecewise-linear (ReLU) network, the second and third
+    derivatives are ``exp(S) g^2`` and ``exp(S) g^3``, so ``exp(S)`` cancels in
+    ``alpha_ij^kc = g^2 / (2 g^2 + sum_ab A^k_ab g^3)``. The weights are
+    ``w_k^c = sum_ij alpha_ij^kc ReLU(dY^c/dA^k_ij)``; the paper's ``dY/dA = exp(S) g`` only
+    scales every map by the positive ``exp(S)``, which the [0, 1] scaling removes, so ``g`` is
+    used. ``L^c = ReLU(sum_k w_k^c A^k)``. Where the denominator is 0 (there ``g = 0``), alpha
+    is 0. Explained in chapter 13, Grad-CAM++.
+    """
+    g2, g3 = g.pow(2), g.pow(3)
+    denominator = 2 * g2 + A.sum(dim=(2, 3), keepdim=True) * g3
+    safe = torch.where(denominator != 0, denominator, torch.ones_like(denominator))
+    alpha = torch.where(denominator != 0, g2 / safe, torch.zeros_like(g2))   # alpha_ij^kc
+    w = (alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True)                    # w_k^c
+    return F.relu((w * A).sum(dim=1))
+
+
+def grad_cam_pp(model: nn.Module, x: torch.Tensor, target, layer=None) -> torch.Tensor:
+    """Grad-CAM++ (Chattopadhay et al. 2018): ``[M, H, W]`` in [0, 1] (a list of layers: ``[L, M, H, W]``).
+
+    Same single forward and backward pass as :func:`grad_cam`; the weights are
+    :func:`grad_cam_pp_map`'s pixel-weighted positive gradients. Explained in chapter 13,
+    Grad-CAM++.
+    """
+    return _gradient_method(grad_cam_pp_map, model, x, target, layer)
+
+
+# ----------------------------------------------------------------------------- Score-CAM (chapter 14)
+def score_cam_masks(A: torch.Tensor, size) -> torch.Tensor:
+    """Score-CAM's masks ``H^k = s(Up(A^k))`` for one image: ``A`` ``[K, h, w]`` -> ``[K, H, W]``.
+
+    Each channel is upsampled bilinearly to the input size and min-max scaled to [0, 1]; a
+    constant channel gives an all-zero mask. Explained in chapter 14, Score-CAM.
+    """
+    up = F.interpolate(A[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
+    flat = up.flatten(1)
+    lo = flat.min(1).values[:, None, None]
+    span = flat.max(1).values[:, None, None] - lo
+    return torch.where(span > 0, (up - lo) / span.clamp_min(torch.finfo(up.dtype).tiny), torch.zeros_like(up))
+
+
+def _default_batch_size(x: torch.Tensor) -> int:
+    return max(1, 2 ** 20 // (x.shape[-1] * x.shape[-2]))
+
+
+def _mask_probabilities(model, x1, A1, batch_size, bar):
+    """Softmax probabilities of every class for the masked images ``x1 * H^k`` ``[K, C]``.
+
+    Channels whose mask is all zero give the baseline image; they are not run (their row is
+    NaN, filled in by the caller with the baseline's probabilities).
+    """
+    masks = score_cam_masks(A1, x1.shape[-2:])                 # H^k: [K, H, W]
+    live = (masks.flatten(1).amax(1) > 0).nonzero()[:, 0]
+    probs = None
+    for start in range(0, len(live), batch_size):
+        idx = live[start:start + batch_size]
+        masked = x1[None] * masks[idx, None]                    # X o H^k: [B, 3, H, W]
+        p = torch.softmax(_logits(model(masked), model).float(), dim=1)
+        if probs is None:
+            probs = torch.full((len(masks), p.shape[1]), float("nan"), device=p.device)
+        probs[idx] = p
+        bar.update(1)
+    return probs, live
+
+
+def score_cam(model: nn.Module, x: torch.Tensor, target, layer=None, batch_size: int | None = None,
+              progress: bool = True) -> torch.Tensor:
+    """Score-CAM (Wang et al. 2020): ``[M, H, W]`` in [0, 1], no gradients at all.
+
+    For each channel k of ``A = layer(x)``: the mask ``H^k = s(Up(A^k))`` (:func:`score_cam_masks`),
+    the masked image ``x * H^k`` and its score, the increase of confidence over the baseline
+    ``C(A^k) = p_c(x * H^k) - p_c(x_b)`` with ``p`` the softmax probability (the paper's
+    "post-softmax" score) and ``x_b`` the all-zero normalised input (``x * 0``: every pixel at
+    the dataset mean). ``L^c = ReLU(sum_k C(A^k) A^k)``. The masked images run forward
+    ``batch_size`` at a time (default: as many as fit in about 1 M pixels) under
+    ``torch.no_grad()``, with a progress bar. Explained in chapter 14, Score-CAM.
+    """
+    from tqdm.auto import tqdm
+
+    x = _input(model, x)
+    image, classes = _plan(model, x, target)
+    (module,), _ = _layer_list(model, layer)
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive int (masked images per forward pass), got {batch_size!r}")
+    batch_size = batch_size or _default_batch_size(x)
+    maps = []
+    with hooks.frozen(model), torch.no_grad():
+        with hooks.capture(model, module) as cap:              # a whole forward pass, so that a module
+            _logits(model(x), model)                           # that runs twice is refused, not cut short
+        A = cap.activations                                    # A^k: [N, K, h, w]
+        p_base = torch.softmax(_logits(model(torch.zeros_like(x[:1])), model).float(), dim=1)[0]
+        k = A.shape[1]
+        bar = tqdm(total=x.shape[0] * math.ceil(k / batch_size), desc="Score-CAM masked images",
+                   disable=not progress, leave=False)
+        probs = []
+        for n in range(x.shape[0]):
+            if int((image == n).sum()) == 0:
+                probs.append(None)
+                continue
+            p, _ = _mask_probabilities(model, x[n], A[n], batch_size, bar)
+            probs.append(p)
+        bar.close()
+        for n, c in zip(image.tolist(), classes.tolist()):
+            p = probs[n]
+            score = (p[:, c] if p is not None else torch.full((k,), float("nan"), device=A.device))
+            score = torch.nan_to_num(score - p_base[c], nan=0.0)    # C(A^k) = p_c(X o H^k) - p_c(X_b)
+            maps.append(F.relu((score.to(A.dtype)[:, None, None] * A[n]).sum(0)))
+    return to_heatmap(torch.stack(maps), x.shape[-2:])
+
+
+# ----------------------------------------------------------------------------- LayerCAM (chapter 15)
+def layer_cam_map(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """LayerCAM at the layer's resolution: ``M^c = ReLU(sum_k ReLU(g^k) * A^k)``, element by element.
+
+    Every location gets its own weight, the positive part of its gradient, instead of one
+    weight per channel. Explained in chapter 15, LayerCAM.
+    """
+    return F.relu((F.relu(g) * A).sum(dim=1))
+
+
+def layer_cam(model: nn.Module, x: torch.Tensor, target, layer=None) -> torch.Tensor:
+    """LayerCAM (Jiang et al. 2021): ``[M, H, W]`` in [0, 1]; a list of layers gives ``[L, M, H, W]``.
+
+    Same single forward and backward pass as :func:`grad_cam`, then :func:`layer_cam_map`.
+    Combine the maps of several layers with :func:`fuse`. Explained in chapter 15, LayerCAM.
+    """
+    return _gradient_method(layer_cam_map, model, x, target, layer)
+
+
+def fuse(maps: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Fuse LayerCAM maps of several layers ``[L, M, H, W]`` (shallow to deep) into ``[M, H, W]``.
+
+    As LayerCAM's paper, the maps of the shallow layers (all but the last) are rescaled by
+    ``tanh(gamma * M / max(M))`` (their values are small and would vanish next to the deep
+    layer's); the deepest map keeps ``M / max(M)``. The maps are then combined pixel by pixel
+    by their maximum and scaled to [0, 1]. Explained in chapter 15, LayerCAM.
+    """
+    if maps.ndim != 4:
+        raise ValueError(f"fuse takes maps [layers, M, H, W] (layer_cam with a list of layers), "
+                         f"got shape {tuple(maps.shape)}")
+    peak = maps.flatten(2).amax(2)[:, :, None, None]
+    unit = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
+    scaled = torch.cat([torch.tanh(gamma * unit[:-1]), unit[-1:]])
+    fused = scaled.amax(0)
+    return to_heatmap(fused, fused.shape[-2:])
+
+
+# ----------------------------------------------------------------------------- the cache (chapter 11)
+class Cached:
+    """CAM-family maps of one input at one layer, with the forward pass kept for every class.
+
+    ``Cached(model, x, layer)`` runs the forward pass once: the network before the layer
+    without a graph, the layer's output ``A`` as a leaf, and the part after the layer *with*
+    its autograd graph, which is kept. A new class then costs only a backward pass through
+    that part (from the class score back to ``A``): no forward pass at all, and nothing
+    before the layer. Several classes of one image are one batched backward pass.
+    :meth:`score_cam` keeps its masked images' probabilities for every class, so it too
+    re-targets for free. The model is not changed; the cache holds as long as the model's
+    weights are not changed (autograd raises if they were changed in place).
+    Explained in chapter 11, Grad-CAM.
+    """
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, layer=None):
+        self.model = model
+        self.x = _input(model, x)
+        (module,), _ = _layer_list(model, layer)
+        self.layer = models.layer_name(model, module)
+        with _captured(model, [module]) as (cap,), _leaves(model, [module]) as leaves, torch.enable_grad():
+            self.logits = _logits(model(self.x), model)         # its graph back to A is kept
+            if cap.activations is None:
+                raise ValueError(f"layer {self.layer!r} did not run in the forward pass")
+        self.activations = leaves[module]                       # A: the leaf  [N, K, h, w]
+        self._score_cam = {}
+
+    @property
+    def size(self):
+        return tuple(self.x.shape[-2:])
+
+    def gradients(self, target) -> torch.Tensor:
+        """``dy^c/dA`` for each map ``[M, K, h, w]``: only the part after the layer runs (backward)."""
+        image, classes = _plan(self.model, self.x, target)
+        (g,) = _class_gradients(self.logits, [self.activations], image, classes, retain_graph=True)
+        return g.detach()
+
+    def _A(self, target):
+        image, _ = _plan(self.model, self.x, target)
+        return self.activations.detach()[image.to(self.activations.device)]
+
+    def grad_cam(self, target, counterfactual: bool = False) -> torch.Tensor:
+        """Grad-CAM ``[M, H, W]`` for ``target`` (:func:`grad_cam_map`); equals :func:`grad_cam`."""
+        return to_heatmap(grad_cam_map(self._A(target), self.gradients(target), counterfactual), self.size)
+
+    def grad_cam_pp(self, target) -> torch.Tensor:
+        """Grad-CAM++ ``[M, H, W]`` for ``target``; equals :func:`grad_cam_pp`."""
+        return to_heatmap(grad_cam_pp_map(self._A(target), self.gradients(target)), self.size)
+
+    def layer_cam(self, target) -> torch.Tensor:
+        """LayerCAM ``[M, H, W]`` for ``target``; equals :func:`layer_cam`."""
+        return to_heatmap(layer_cam_map(self._A(target), self.gradients(target)), self.size)
+
+    def cam(self, target) -> torch.Tensor:
+        """CAM ``[M, H, W]`` for ``target`` (GAP architectures only); equals :func:`cam`."""
+        A = self.activations.detach()
+        fc = gap_classifier(self.model, self.layer, A, self.logits.detach())
+        image, classes = _plan(self.model, self.x, target)
+        with torch.no_grad():
+            m = cam_map(A[image.to(A.device)], fc.weight[classes.to(fc.weight.device)])
+        return to_heatmap(m, self.size, signed=True)
+
+    def score_cam(self, target, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+        """Score-CAM ``[M, H, W]``; the masked images run once per image, then any class is free."""
+        from tqdm.auto import tqdm
+
+        image, classes = _plan(self.model, self.x, target)
+        A = self.activations.detach()
+        batch_size = batch_size or _default_batch_size(self.x)
+        todo = [n for n in dict.fromkeys(image.tolist()) if n not in self._score_cam]
+        if todo:
+            with hooks.frozen(self.model), torch.no_grad():
+                if "base" not in self._score_cam:
+                    self._score_cam["base"] = torch.softmax(
+                        self.model(torch.zeros_like(self.x[:1])).float(), dim=1)[0]
+                bar = tqdm(total=len(todo) * math.ceil(A.shape[1] / batch_size), disable=not progress,
+                           desc="Score-CAM masked images", leave=False)
+                for n in todo:
+                    self._score_cam[n] = _mask_probabilities(self.model, self.x[n], A[n], batch_size, bar)[0]
+                bar.close()
+        base = self._score_cam["base"]
+        maps = []
+        for n, c in zip(image.tolist(), classes.tolist()):
+            p = self._score_cam[n]
+            score = p[:, c] if p is not None else torch.full((A.shape[1],), float("nan"), device=A.device)
+            score = torch.nan_to_num(score - base[c], nan=0.0)
+            maps.append(F.relu((score.to(A.dtype)[:, None, None] * A[n]).sum(0)))
+        return to_heatmap(torch.stack(maps), self.size)
+
+    def __repr__(self) -> str:
+        return (f"Cached({models.info(self.model).name}, layer={self.layer!r}, "
+                f"x={tuple(self.x.shape)}, A={tuple(self.activations.shape)})")
+
+
+def timings(model: nn.Module, x: torch.Tensor, layer=None, repeat: int = 5, clock=None) -> dict:
+    """Speed of Grad-CAM and of re-targeting, against one forward pass, measured in one run.
+
+    Interleaved repeats of: a forward pass under ``torch.no_grad()``, :func:`grad_cam` at
+    ``layer`` (default: the last conv layer) for the predicted class, and :meth:`Cached.grad_cam`
+    for another class (re-targeting). Returns the fastest time of each (the run least disturbed by
+    other processes) in seconds, and the ratios ``grad_cam_ratio = grad_cam / forward`` and
+    ``retarget_ratio = retarget / forward``. ``clock`` is the timer (default
+    ``time.perf_counter``, wall time); on a busy shared machine ``time.thread_time`` with
+    ``torch.set_num_threads(1)`` counts only the work done, which other processes cannot inflate.
+    Explained in chapter 11, Grad-CAM.
+    """
+    import time
+
+    clock = clock or time.perf_counter
+    x = _input(model, x)
+    layer = models.last_conv_layer(model) if layer is None else layer
+    n_classes = len(models.info(model).classes)
+    with hooks.frozen(model):
+        with torch.no_grad():
+            top = int(model(x[:1]).argmax(1)[0])              # warm-up, and the class to explain
+        cached = Cached(model, x, layer)
+        grad_cam(model, x, top, layer)
+        times = {"forward": [], "grad_cam": [], "retarget": []}
+        for i in range(repeat):
+            t0 = clock()
+            with torch.no_grad():
+                model(x)
+            t1 = clock()
+            grad_cam(model, x, top, layer)
+            t2 = clock()
+            cached.grad_cam((top + 1 + i) % n_classes)
+            t3 = clock()
+            times["forward"].append(t1 - t0)
+            times["grad_cam"].append(t2 - t1)
+            times["retarget"].append(t3 - t2)
+    best = {k: min(v) for k, v in times.items()}
+    return {**best, "grad_cam_ratio": best["grad_cam"] / best["forward"],
+            "retarget_ratio": best["retarget"] / best["forward"], "repeat": repeat,
+            "layer": models.layer_name(model, models.layer(model, layer)), "input": tuple(x.shape)}

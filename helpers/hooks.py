@@ -1,0 +1,244 @@
+"""Hooks: capture what a layer computes, and change how ReLUs pass gradients back.
+
+Explained in chapter 00, Models and images (capture) and chapter 04, Guided backpropagation
+(ReLU rules).
+
+Every context manager here leaves the model exactly as it found it when it exits, normally or
+through an exception: the same hooks, the same ``inplace`` flags, the same ``requires_grad`` of
+every parameter and the same train/eval mode.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import models
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+               "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
+
+
+def _state(model: nn.Module):
+    mods = []
+    for m in model.modules():
+        hooks = {d: set(getattr(m, d).keys()) for d in _HOOK_DICTS if isinstance(getattr(m, d, None), dict)}
+        mods.append((m, m.training, getattr(m, "inplace", None), hooks))
+    params = [(p, p.requires_grad) for p in model.parameters()]
+    return mods, params
+
+
+def _restore(state) -> None:
+    mods, params = state
+    for m, training, inplace, hooks in mods:
+        m.training = training
+        if inplace is not None:
+            m.inplace = inplace
+        for d, keys in hooks.items():
+            current = getattr(m, d)
+            for k in [k for k in current if k not in keys]:
+                del current[k]
+    for p, rg in params:
+        p.requires_grad_(rg)
+
+
+@contextlib.contextmanager
+def preserved(model: nn.Module):
+    """Restore hooks, ``inplace`` flags, ``requires_grad`` and train/eval mode on exit."""
+    state = _state(model)
+    try:
+        yield model
+    finally:
+        _restore(state)
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module, eval_mode: bool = True):
+    """Parameters frozen (no gradient is ever computed for a weight), eval mode; restored on exit.
+
+    Used while an input is optimised or an input gradient is taken.
+    """
+    with preserved(model):
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if eval_mode:
+            model.eval()
+        yield model
+
+
+# --------------------------------------------------------------------------- capture
+@dataclass
+class Capture:
+    """What :func:`capture` records for one layer during a forward (and backward) pass."""
+
+    name: str
+    module: nn.Module
+    activations: torch.Tensor | None = None
+    gradients: torch.Tensor | None = None
+    calls: int = 0
+    _handles: list = field(default_factory=list, repr=False)
+
+    def grad(self, outputs, grad_outputs=None, retain_graph: bool = False) -> torch.Tensor:
+        """Gradient of ``outputs`` with respect to the captured activations (backward stops there)."""
+        if self.activations is None:
+            raise RuntimeError(f"layer {self.name!r} has not run yet: call the model inside the context first")
+        if not self.activations.requires_grad:
+            raise RuntimeError("the captured activations carry no graph: run the forward pass with "
+                               "gradients enabled (not under torch.no_grad())")
+        (g,) = torch.autograd.grad(outputs, self.activations, grad_outputs=grad_outputs,
+                                   retain_graph=retain_graph)
+        return g
+
+
+class _StopForward(Exception):
+    def __init__(self, output):
+        self.output = output
+
+
+def _enclosing(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else "the block that contains it"
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, layer, stop: bool = False):
+    """Record a layer's output (``.activations``) and, after a backward, its gradient (``.gradients``).
+
+    ``layer`` is a module or a dotted name. The recorded activations are kept out of reach of
+    in-place operations that follow the layer (an in-place ReLU after a conv would otherwise
+    overwrite them), so they are what the layer computed. ``cap.grad(score)`` computes the
+    gradient of ``score`` with respect to the activations only: the backward pass stops at the
+    layer. With ``stop=True`` the forward pass stops right after the layer (use
+    :func:`forward_to`). A module that runs more than once per forward pass (ResNet's shared
+    ``relu``) raises ``ValueError``: capture the enclosing block instead.
+    """
+    module = models.layer(model, layer)
+    name = models.layer_name(model, module)
+    cap = Capture(name=name, module=module)
+
+    def reset(_module, _inputs):
+        cap.calls = 0
+
+    def store_grad(g):
+        cap.gradients = g.detach()
+
+    def record(_module, _inputs, output):
+        cap.calls += 1
+        if cap.calls > 1:
+            raise ValueError(
+                f"layer {name!r} runs more than once in one forward pass of {models.info(model).name} "
+                f"(a shared module, like ResNet's 'relu' that follows each conv of a block), so its output "
+                f"is ambiguous; capture the enclosing block instead, e.g. {_enclosing(name)!r}")
+        if not isinstance(output, torch.Tensor):
+            raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a tensor; choose another layer")
+        cap.activations = output
+        if output.requires_grad:
+            output.register_hook(store_grad)
+        if stop:
+            raise _StopForward(output)
+        return output.clone()  # later in-place ops change the clone, not the recorded tensor
+
+    with preserved(model):
+        cap._handles.append(model.register_forward_pre_hook(reset))
+        cap._handles.append(module.register_forward_hook(record))
+        try:
+            yield cap
+        finally:
+            for h in cap._handles:
+                h.remove()
+
+
+def forward_to(model: nn.Module, x: torch.Tensor, layer) -> torch.Tensor:
+    """Run the model only up to ``layer`` and return that layer's output.
+
+    The rest of the network is not computed (used when an input is optimised for a layer).
+    """
+    with capture(model, layer, stop=True) as cap:
+        try:
+            model(x)
+        except _StopForward as s:
+            return s.output
+    raise ValueError(f"layer {cap.name!r} did not run in the forward pass")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------- ReLU rules
+RULES = ("plain", "guided", "deconvnet")
+
+
+class _ReLU(torch.autograd.Function):
+    """ReLU whose backward pass follows one of three rules.
+
+    Forward: ``out = max(x, 0)``. Backward, with ``g`` the gradient arriving from above:
+
+    * plain:     ``g * [x > 0]``            (the true gradient)
+    * guided:    ``g * [x > 0] * [g > 0]``  (Springenberg et al. 2015)
+    * deconvnet: ``g * [g > 0]``            (Zeiler & Fergus 2014: the ReLU acts on the signal going down)
+    """
+
+    @staticmethod
+    def forward(ctx, x, rule):
+        out = x.clamp(min=0)
+        ctx.save_for_backward(out)
+        ctx.rule = rule
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (out,) = ctx.saved_tensors
+        if ctx.rule == "guided":
+            return g * (out > 0) * (g > 0), None
+        if ctx.rule == "deconvnet":
+            return g.clamp(min=0), None
+        return g * (out > 0), None
+
+
+class ReLURule:
+    """Handle returned by :func:`relu_rule`: ``.calls`` counts the ReLUs that used the rule."""
+
+    def __init__(self, rule):
+        self.rule = rule
+        self.calls = 0
+
+    def relu(self, input, inplace=False):  # signature of F.relu; the result is always a new tensor
+        self.calls += 1
+        return _ReLU.apply(input, self.rule)
+
+
+@contextlib.contextmanager
+def relu_rule(model: nn.Module, rule: str = "guided"):
+    """Within the context, every ReLU passes gradients back by ``rule`` ("guided", "deconvnet", "plain").
+
+    Covers ``nn.ReLU`` modules (ResNet, VGG, AlexNet) *and* the functional ``F.relu`` /
+    ``torch.relu`` calls of torchvision's GoogLeNet and Inception v3, which have no ReLU modules
+    at all: hooking ``nn.ReLU`` modules alone would silently give them the plain gradient.
+    The forward pass is unchanged. The model (hooks, ``inplace`` flags, ``requires_grad``, mode)
+    and the torch functions are restored on exit, also after an exception.
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown ReLU rule {rule!r}; valid rules: {', '.join(RULES)}")
+    handle = ReLURule(rule)
+
+    def method(self):
+        return handle.relu(self)
+
+    patches = [(F, "relu", handle.relu), (F, "relu_", lambda input: handle.relu(input)),
+               (torch, "relu", lambda input: handle.relu(input)),
+               (torch, "relu_", lambda input: handle.relu(input)),
+               (torch.Tensor, "relu", method), (torch.Tensor, "relu_", method)]
+    saved = [(obj, attr, obj.__dict__.get(attr, _MISSING)) for obj, attr, _ in patches]
+    with preserved(model):
+        try:
+            for obj, attr, fn in patches:
+                setattr(obj, attr, fn)
+            yield handle
+        finally:
+            for obj, attr, old in saved:
+                if old is _MISSING:
+                    delattr(obj, attr)
+                else:
+                    setattr(obj, attr, old)
+
+
+_MISSING = object()

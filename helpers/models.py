@@ -1,0 +1,349 @@
+"""Models: loading the book's networks, their layers and class names.
+
+Explained in chapter 00, Models and images.
+
+Two worlds:
+
+* **ImageNet world**: VGG16, VGG19, AlexNet, ResNet50, GoogLeNet and Inception v3 with
+  torchvision's pretrained ImageNet weights (downloaded once into torch's cache).
+* **Offline world**: when those weights cannot be had (no network and nothing in the cache),
+  or when ``CNNVIS_OFFLINE=1`` is set, :func:`load` says so in one line and returns ShapesNet,
+  a small CNN that this project trains on synthetic scenes of shapes (``helpers.shapes``).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: torchvision architectures of the book (name -> (builder name, weights enum name))
+TORCHVISION = {
+    "vgg16": "VGG16_Weights",
+    "vgg19": "VGG19_Weights",
+    "alexnet": "AlexNet_Weights",
+    "resnet50": "ResNet50_Weights",
+    "googlenet": "GoogLeNet_Weights",
+    "inception_v3": "Inception_V3_Weights",
+}
+#: models of the offline world (trained and shipped by this project)
+OFFLINE = ("shapesnet", "shapesnet-shuffled", "shapes-deconvnet")
+NAMES = tuple(TORCHVISION) + OFFLINE
+
+_INFO_ATTR = "_cnnvis_info"
+
+
+@dataclass
+class ModelInfo:
+    """What the book needs to know about a model besides its modules."""
+
+    name: str
+    world: str  # "imagenet" or "shapes"
+    classes: list = field(repr=False)
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    input_size: int = 224
+    pretrained: bool = True
+
+
+def _offline_forced() -> bool:
+    return os.environ.get("CNNVIS_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _random_weights() -> bool:
+    """Switch used only by the speed measurement of the book: real architectures, random weights."""
+    return os.environ.get("CNNVIS_RANDOM_WEIGHTS", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def world_description() -> str:
+    if _offline_forced():
+        return "offline (CNNVIS_OFFLINE=1: ShapesNet and the shapes scenes)"
+    if _random_weights():
+        return "ImageNet architectures with RANDOM weights (CNNVIS_RANDOM_WEIGHTS=1, speed measurement only)"
+    return "ImageNet (torchvision weights; falls back to the offline world if they cannot be had)"
+
+
+def imagenet_classes() -> list:
+    """The 1000 ImageNet class names, in torchvision's index order (shipped with torchvision)."""
+    from torchvision.models import VGG16_Weights
+
+    return list(VGG16_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"model name must be a string, got {type(name).__name__}")
+    key = name.strip().lower().replace("inceptionv3", "inception_v3")
+    if key not in NAMES:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(NAMES)}")
+    return key
+
+
+def _build_torchvision(name: str, weights):
+    import torchvision
+
+    kwargs = {}
+    if weights is None and name in ("googlenet", "inception_v3"):
+        # same structure as the pretrained model (transform_input, no aux heads at eval)
+        kwargs = {"init_weights": True, "transform_input": True, "aux_logits": False}
+    return torchvision.models.get_model(name, weights=weights, **kwargs)
+
+
+def _pretrained_weights(name: str):
+    """The pretrained weights, from torch's cache or downloaded; None when they cannot be had."""
+    import torchvision
+
+    enum = getattr(torchvision.models, TORCHVISION[name]).DEFAULT
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(enum.url))
+    if os.path.exists(cached):
+        return enum
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(20)
+    try:
+        enum.get_state_dict(progress=True, check_hash=True)
+        return enum
+    except Exception:  # no network, refused, interrupted: the offline world takes over
+        return None
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _attach(model: nn.Module, info: ModelInfo) -> nn.Module:
+    object.__setattr__(model, _INFO_ATTR, info)
+    return model.eval()
+
+
+def load(name: str = "vgg16", device=None) -> nn.Module:
+    """Load a model of the book by name, in eval mode, on ``device`` (default: CPU).
+
+    ``vgg16``, ``vgg19``, ``alexnet``, ``resnet50``, ``googlenet``, ``inception_v3`` come with
+    torchvision's ImageNet weights. When those cannot be had, or ``CNNVIS_OFFLINE=1`` is set,
+    one line says so and ShapesNet is returned instead. ``shapesnet``, ``shapesnet-shuffled``
+    (trained on shuffled labels) and ``shapes-deconvnet`` (segmentation) are the offline world.
+    An unknown name raises ``ValueError`` listing the valid names.
+    """
+    key = _check_name(name)
+    if key in TORCHVISION:
+        if _offline_forced():
+            print(f"Offline world: CNNVIS_OFFLINE=1 is set, so {key} is replaced by ShapesNet.")
+            return load("shapesnet", device)
+        if _random_weights():
+            model = _build_torchvision(key, None)
+            pretrained = False
+        else:
+            weights = _pretrained_weights(key)
+            if weights is None:
+                print(f"Offline world: the ImageNet weights of {key} cannot be had "
+                      "(no network, nothing in torch's cache), so ShapesNet is used instead.")
+                return load("shapesnet", device)
+            model = _build_torchvision(key, weights)
+            pretrained = True
+        info = ModelInfo(key, "imagenet", imagenet_classes(), IMAGENET_MEAN, IMAGENET_STD,
+                         299 if key == "inception_v3" else 224, pretrained)
+        return _attach(model, info).to(device or "cpu")
+
+    from . import shapes
+
+    if key == "shapes-deconvnet":
+        from . import segmentation
+
+        model = segmentation.load_model(device=device)
+        classes = ["background"] + list(shapes.CLASSES)
+    else:
+        model = shapes.load_model(key, device=device)
+        classes = list(shapes.CLASSES)
+    info = ModelInfo(key, "shapes", classes, tuple(shapes.MEAN), tuple(shapes.STD), shapes.SIZE, True)
+    return _attach(model, info).to(device or "cpu")
+
+
+def info(model: nn.Module) -> ModelInfo:
+    """Name, world, class names, normalisation and input size of a model.
+
+    Models made by :func:`load` carry it; for others it is inferred from the architecture
+    (a ShapesNet -> the shapes world; a 1000-way classifier -> ImageNet).
+    """
+    found = getattr(model, _INFO_ATTR, None)
+    if found is not None:
+        return found
+    from . import shapes
+
+    if isinstance(model, shapes.ShapesNet):
+        return ModelInfo("shapesnet", "shapes", list(shapes.CLASSES), tuple(shapes.MEAN),
+                         tuple(shapes.STD), shapes.SIZE, False)
+    kind = type(model).__name__.lower()
+    size = 299 if kind == "inception3" else 224
+    return ModelInfo(kind, "imagenet", imagenet_classes(), IMAGENET_MEAN, IMAGENET_STD, size, False)
+
+
+def class_names(model: nn.Module) -> list:
+    """The model's class names, index order (ImageNet's 1000 or the shapes)."""
+    return list(info(model).classes)
+
+
+def check_target(model: nn.Module, target, n: int | None = None) -> list:
+    """Validate a target class (int, or one per image) and return one int per image.
+
+    A class index out of range raises ``ValueError`` naming the valid range.
+    """
+    n_classes = len(info(model).classes)
+    if isinstance(target, torch.Tensor):
+        target = target.tolist()
+    targets = list(target) if isinstance(target, (list, tuple)) else [target] * (n or 1)
+    if n is not None and len(targets) != n:
+        raise ValueError(f"got {len(targets)} targets for {n} images; give one class or one per image")
+    out = []
+    for t in targets:
+        if isinstance(t, bool) or not isinstance(t, (int,)) and not hasattr(t, "__index__"):
+            raise TypeError(f"a target must be a class index (int), got {t!r}")
+        t = int(t)
+        if not 0 <= t < n_classes:
+            raise ValueError(f"class index {t} is out of range: {info(model).name} has classes 0..{n_classes - 1}")
+        out.append(t)
+    return out
+
+
+def _probe_size(model: nn.Module) -> int:
+    """Input side for a probing forward pass (layer order, channel counts): small is enough."""
+    return min(info(model).input_size, 112)
+
+
+def _module_names(model: nn.Module) -> list:
+    return [n for n, _ in model.named_modules() if n]
+
+
+def layer(model: nn.Module, name) -> nn.Module:
+    """The module for a dotted layer name (``"features.28"``, ``"layer4.2"``, ``"inception4e"``).
+
+    A module of the model is returned as is. An unknown name (or a module that is not part of
+    the model) raises ``ValueError`` listing the valid names.
+    """
+    if isinstance(name, nn.Module):
+        if any(m is name for m in model.modules()):
+            return name
+        raise ValueError(f"the module {type(name).__name__} is not part of this model; "
+                         f"give one of its layers or a dotted name: {', '.join(_module_names(model))}")
+    if not isinstance(name, str):
+        raise TypeError(f"a layer is a module or a dotted name, got {type(name).__name__}")
+    modules = dict(model.named_modules())
+    if name in modules and name:
+        return modules[name]
+    raise ValueError(f"unknown layer {name!r} for {info(model).name}; valid names: "
+                     f"{', '.join(_module_names(model))}")
+
+
+def layer_name(model: nn.Module, module) -> str:
+    """The dotted name of a module of the model (the inverse of :func:`layer`)."""
+    if isinstance(module, str):
+        layer(model, module)
+        return module
+    for n, m in model.named_modules():
+        if m is module:
+            return n
+    raise ValueError(f"the module {type(module).__name__} is not part of this model")
+
+
+def _forward_order(model: nn.Module, kinds) -> list:
+    """Names of modules of the given kinds in the order a forward pass runs them."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, kinds)}
+    order: list = []
+    handles = [m.register_forward_hook(lambda m, i, o: order.append(names[m]) if names[m] not in order else None)
+               for m in names]
+    was_training = model.training
+    try:
+        model.eval()
+        size = _probe_size(model)
+        p = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+    except Exception:
+        order = [n for n, m in model.named_modules() if isinstance(m, kinds)]
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return order
+
+
+def conv_layers(model: nn.Module) -> list:
+    """Dotted names of the model's ``nn.Conv2d`` layers, in forward order."""
+    return _forward_order(model, nn.Conv2d)
+
+
+def channels(model: nn.Module, name) -> int:
+    """Number of output channels of a layer (conv, linear, block: found by a forward pass)."""
+    module = layer(model, name)
+    if isinstance(module, nn.Conv2d):
+        return module.out_channels
+    if isinstance(module, nn.Linear):
+        return module.out_features
+    out = {}
+    h = module.register_forward_hook(lambda m, i, o: out.update(shape=o.shape))
+    was_training = model.training
+    try:
+        model.eval()
+        size = _probe_size(model)
+        p = next(model.parameters())
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+    finally:
+        h.remove()
+        model.train(was_training)
+    return int(out["shape"][1])
+
+
+def last_conv_layer(model: nn.Module) -> str:
+    """The name of the module whose output is the last convolutional feature map.
+
+    For the book's models: the block right before global pooling (VGG/AlexNet: ``features``'s
+    last ReLU; ResNet: ``layer4``; GoogLeNet: ``inception5b``; Inception v3: ``Mixed_7c``;
+    ShapesNet: ``features``' last ReLU).
+    """
+    kind = type(model).__name__
+    if kind == "ResNet":
+        return "layer4"
+    if kind == "GoogLeNet":
+        return "inception5b"
+    if kind == "Inception3":
+        return "Mixed_7c"
+    feats = getattr(model, "features", None)
+    if isinstance(feats, nn.Sequential):
+        for i in range(len(feats) - 1, -1, -1):
+            if isinstance(feats[i], (nn.ReLU, nn.Conv2d)):
+                return f"features.{i}"
+    return conv_layers(model)[-1]
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, k: int = 5):
+    """Top-k predictions: a list (one per image) of ``(index, name, probability)`` tuples."""
+    names = class_names(model)
+    p = next(model.parameters())
+    probs = torch.softmax(model(x.to(p.device)), dim=1).cpu()
+    top = probs.topk(min(k, probs.shape[1]), dim=1)
+    return [[(int(i), names[int(i)], float(v)) for v, i in zip(vs, ids)]
+            for vs, ids in zip(top.values, top.indices)]
+
+
+def describe(model: nn.Module, names: Sequence[str] | None = None) -> list:
+    """(name, type, output shape) for each conv layer (or the given layers), from one forward pass."""
+    names = list(names) if names is not None else conv_layers(model)
+    shapes_ = {}
+    handles = [layer(model, n).register_forward_hook(
+        lambda m, i, o, n=n: shapes_.update({n: tuple(o.shape[1:])})) for n in names]
+    was_training = model.training
+    try:
+        size = info(model).input_size
+        p = next(model.parameters())
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, size, size, device=p.device))
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return [(n, type(layer(model, n)).__name__, shapes_.get(n)) for n in names]

@@ -1,0 +1,289 @@
+"""What every method of the book costs, as ratios measured in one run.
+
+    python tests/benchmarks/benchmark.py                 # all models, batch 1 and 8, CPU (and GPU if any)
+    python tests/benchmarks/benchmark.py --quick         # ShapesNet only (a minute)
+    python tests/benchmarks/benchmark.py --readme        # also rewrite the table in README.md
+
+Speed does not depend on the weights, so VGG16 and ResNet50 are built with random weights
+(``weights=None``: no download). For each model, batch size and device, every method runs on the
+same input, in rounds: one round runs every method once, and the benchmark keeps each method's
+fastest round (the one least disturbed by other processes on a shared machine). Each time is
+reported as a ratio to
+
+* ``fwd``: one forward pass under ``torch.no_grad()``;
+* ``floor``: one forward pass plus one backward pass to the input (``torch.autograd.grad`` of the
+  target scores with respect to ``x``): the least that any gradient method can cost.
+
+The goals of the book (issue "Speed") are printed next to the measured ratios; a ratio that misses
+its goal is marked with ``!``. This is a measurement, not a test: it is not part of the test run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from helpers import cam, features, gradients, hooks, lrp, models, shapes, synthesis  # noqa: E402
+
+SIZES = {"vgg16": 224, "resnet50": 224, "shapesnet": shapes.SIZE}
+FILTER_LAYER = {"vgg16": "features.19", "resnet50": "layer3", "shapesnet": "features.8"}
+
+
+def build(name: str, device) -> torch.nn.Module:
+    if name == "shapesnet":
+        model = shapes.load_model("shapesnet")
+    else:
+        model = models._build_torchvision(name, None)
+    return model.to(device).eval()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def best_of(fns: dict, rounds: int, device) -> dict:
+    """Each function's fastest time over ``rounds`` interleaved rounds (after one warm-up round)."""
+    times = {k: [] for k in fns}
+    for r in range(rounds + 1):
+        for k, fn in fns.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            if r:                                   # round 0 warms up (allocator, lazy init)
+                times[k].append(time.perf_counter() - t0)
+    return {k: min(v) for k, v in times.items()}
+
+
+def floor_fn(model, x, target):
+    def run():
+        xx = x.detach().clone().requires_grad_(True)
+        with hooks.frozen(model):
+            logits = model(xx)
+            score = logits.gather(1, target[:, None]).sum()
+            torch.autograd.grad(score, xx)
+    return run
+
+
+def forward_fn(model, x):
+    def run():
+        with torch.no_grad():
+            model(x)
+    return run
+
+
+def filter_fns(opt):
+    """One step of FilterOptimizer, and its floor: the same prefix network forward and back to the
+    input, with nothing else (both inside the optimizer's context, whose hook stops the forward)."""
+    x0 = opt.image().detach().clone()
+    chans = torch.tensor(opt.channels, device=x0.device)
+    index = torch.arange(len(opt.channels), device=x0.device)
+
+    def floor():
+        xx = x0.clone().requires_grad_(True)
+        act = opt._run(xx)
+        torch.autograd.grad(act[index, chans].mean(), xx)
+    return {"filter visualization step": opt.step, "filter step floor (prefix fwd+bwd)": floor}
+
+
+def rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except OSError:                                  # not Linux
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_growth(model, layer, size, device, steps=500) -> dict:
+    """Resident memory (CPU) or peak allocated memory (GPU) at optimisation step 10 and step ``steps``."""
+    with features.FilterOptimizer(model, layer, channel=[0], steps=steps, size=(size, size)) as opt:
+        at = {}
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for t in range(1, steps + 1):
+            opt.step()
+            if t in (10, steps):
+                sync(device)
+                at[t] = (torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == "cuda"
+                         else rss_mb())
+    return at
+
+
+def measure(name: str, batch: int, device, rounds: int, n: int, score_cam: bool) -> dict:
+    torch.manual_seed(0)
+    model = build(name, device)
+    size = SIZES[name]
+    x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    t = target.tolist()
+    other = [(c + 1) % len(models.class_names(model)) for c in t]
+    last = models.last_conv_layer(model)
+    cached = cam.Cached(model, x, last)
+    fns = {
+        "fwd": forward_fn(model, x),
+        "floor": floor_fn(model, x, target),
+        "vanilla": lambda: gradients.vanilla(model, x, t),
+        "guided": lambda: gradients.guided(model, x, t),
+        "deconvnet": lambda: gradients.deconvnet(model, x, t),
+        "saliency": lambda: gradients.saliency(model, x, t),
+        "grad_x_image": lambda: gradients.grad_x_image(model, x, t),
+        f"integrated_gradients (n={n})": lambda: gradients.integrated_gradients(
+            model, x, t, steps=n, progress=False),
+        f"smoothgrad (n={n})": lambda: gradients.smoothgrad(model, x, t, samples=n, progress=False),
+        "grad_cam": lambda: cam.grad_cam(model, x, t, last),
+        "grad_cam re-target (cached)": lambda: cached.grad_cam(other),
+        "grad_cam_pp": lambda: cam.grad_cam_pp(model, x, t, last),
+        "layer_cam": lambda: cam.layer_cam(model, x, t, last),
+        "guided_grad_cam": lambda: cam.guided_grad_cam(model, x, t, last),
+    }
+    if name != "vgg16":                              # CAM needs global average pooling
+        fns["cam"] = lambda: cam.cam(model, x, t, last)
+    if name != "resnet50":                           # LRP's rules are written for plain conv nets
+        fns["lrp (composite)"] = lambda: lrp.lrp(model, x, t, rule="composite")
+    if score_cam:
+        fns["score_cam"] = lambda: cam.score_cam(model, x, t, last, progress=False)
+    layer = FILTER_LAYER[name]
+    if batch == 1:
+        k = 6
+        fns[f"class_image ({k} steps)"] = lambda: synthesis.class_image(model, t[0], steps=k, progress=False)
+        fns["class_image (1 step)"] = lambda: synthesis.class_image(model, t[0], steps=1, progress=False)
+        if device.type == "cuda":                  # batching vs n sequential passes
+            fns[f"integrated_gradients (n={n}, batch_size=1)"] = lambda: gradients.integrated_gradients(
+                model, x, t, steps=n, batch_size=1, progress=False)
+    best = best_of(fns, rounds, device)
+    with features.FilterOptimizer(model, layer, channel=list(range(batch)), steps=0, size=(size, size)) as opt:
+        best.update(best_of(filter_fns(opt), rounds, device))
+    if batch == 1:
+        k = 6   # the cost of a step without the set-up: (6 steps - 1 step) / 5
+        best["class_image step"] = (best.pop(f"class_image ({k} steps)") - best.pop("class_image (1 step)")) / (k - 1)
+    del cached
+    gc.collect()
+    return {"model": name, "batch": batch, "device": device.type, "n": n, "times": best,
+            "memory": memory_growth(model, layer, size, device) if batch == 1 else None}
+
+
+def goals(n: int) -> dict:
+    """Method -> (reference, largest ratio allowed): the goals of the speed issue."""
+    g = {m: ("floor", 1.05) for m in ("vanilla", "guided", "deconvnet", "saliency")}
+    g["grad_cam"] = ("fwd", 1.1)
+    g["grad_cam re-target (cached)"] = ("fwd", 0.1)
+    g[f"integrated_gradients (n={n})"] = ("floor", 1.05 * n)
+    g[f"smoothgrad (n={n})"] = ("floor", 1.05 * n)
+    g["filter visualization step"] = ("filter step floor (prefix fwd+bwd)", 1.1)
+    return g
+
+
+def table(results: list) -> str:
+    """One markdown table: rows are methods, columns model/batch/device, cells 'x fwd / x floor'."""
+    cols = [(r["model"], r["batch"], r["device"]) for r in results]
+    methods = []
+    for r in results:
+        methods += [m for m in r["times"] if m not in methods and m not in ("fwd", "floor")]
+    head = "| method | " + " | ".join(f"{m} b{b} {d}" for m, b, d in cols) + " | goal |"
+    lines = [head, "|" + "---|" * (len(cols) + 2)]
+    lines.append("| one forward pass (s) | " + " | ".join(f"{r['times']['fwd']:.4f}" for r in results) + " | |")
+    lines.append("| floor: forward + input gradient (x fwd) | "
+                 + " | ".join(f"{r['times']['floor'] / r['times']['fwd']:.2f}" for r in results) + " | |")
+    n = results[0]["n"]
+    g = goals(n)
+    for m in methods:
+        cells = []
+        for r in results:
+            if m not in r["times"]:
+                cells.append("-")
+                continue
+            tm = r["times"][m]
+            cell = f"{tm / r['times']['fwd']:.2f} / {tm / r['times']['floor']:.2f}"
+            if m in g:
+                ref, limit = g[m]
+                ratio = tm / r["times"][ref]
+                if m.startswith("filter visualization"):
+                    cell = f"{ratio:.2f} x prefix"
+                if ratio > limit:
+                    cell += " !"
+            cells.append(cell)
+        goal = ""
+        if m in g:
+            ref, limit = g[m]
+            goal = f"<= {limit:g} x {'prefix fwd+bwd' if ref.startswith('filter') else ref}"
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {goal} |")
+    mem = [r for r in results if r["memory"]]
+    if mem:
+        lines.append("")
+        lines.append("Memory during 500 filter-visualization steps (MB; resident on CPU, peak allocated on GPU): "
+                     + "; ".join(f"{r['model']} {r['device']}: step 10 {r['memory'][10]:.0f}, step 500 "
+                                 f"{r['memory'][500]:.0f}" for r in mem) + ".")
+    return "\n".join(lines)
+
+
+def header() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"Measured {datetime.date.today().isoformat()} with torch {torch.__version__}, "
+            f"{torch.get_num_threads()} CPU threads ({cpu}){gpu}. Cells: time as a multiple of one "
+            f"forward pass / of the floor (one forward + one input-gradient backward); `!` marks a "
+            f"goal missed.")
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="ShapesNet only")
+    p.add_argument("--models", nargs="*", default=None)
+    p.add_argument("--batches", nargs="*", type=int, default=[1, 8])
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--n", type=int, default=8, help="IG steps and SmoothGrad samples")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (the README's table: 2)")
+    p.add_argument("--score-cam", action="store_true",
+                   help="also Score-CAM on VGG16/ResNet50 (512/2048 masked forward passes: slow)")
+    p.add_argument("--readme", action="store_true", help="rewrite the table in README.md")
+    p.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    names = args.models or (["shapesnet"] if args.quick else ["shapesnet", "vgg16", "resnet50"])
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    results = []
+    for device in devices:
+        for name in names:
+            for batch in args.batches:
+                started = time.perf_counter()
+                r = measure(name, batch, device, args.rounds, args.n,
+                            score_cam=args.score_cam or name == "shapesnet")
+                results.append(r)
+                print(f"{name} batch {batch} {device.type}: {time.perf_counter() - started:.0f} s", flush=True)
+    text = header() + "\n\n" + table(results) + "\n"
+    print(text)
+    args.out.write_text("# Benchmark results\n\n" + text)
+    if args.readme:
+        readme = ROOT / "README.md"
+        s = readme.read_text()
+        start, end = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
+        if start not in s:
+            raise SystemExit("README.md has no benchmark markers")
+        s = re.sub(re.escape(start) + ".*?" + re.escape(end), start + "\n" + text + end, s, flags=re.S)
+        readme.write_text(s)
+    return text
+
+
+if __name__ == "__main__":
+    main()

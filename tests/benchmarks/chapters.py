@@ -1,0 +1,89 @@
+"""The online cost of the book: each chapter's execution time with the real architectures.
+
+    python tests/benchmarks/chapters.py                  # every chapter, random weights, 2 threads
+    python tests/benchmarks/chapters.py 11 14 --offline  # some chapters, in the offline world
+    python tests/benchmarks/chapters.py --readme         # also rewrite the table in README.md
+
+Speed does not depend on the weights, so ``CNNVIS_RANDOM_WEIGHTS=1`` makes ``helpers.models.load``
+build VGG16, ResNet50, GoogLeNet, ... with random weights (no download): every chapter then runs
+exactly the computation a reader with the real weights runs, on the ImageNet-sized inputs. This
+switch exists only for this measurement (the maps it draws mean nothing). Each chapter runs in a
+fresh kernel, like nbval and the book build; the checks that only hold for trained weights are
+not the point here, so a failing cell is reported, not fatal. The goal: every chapter under five
+minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+ROOT = Path(__file__).resolve().parents[2]
+BOOK = ROOT / "book"
+GOAL_S = 300
+
+
+def run(path: Path, offline: bool, threads: int, timeout: int) -> tuple:
+    nb = nbformat.read(path, as_version=4)
+    env_backup = dict(os.environ)
+    os.environ.pop("CNNVIS_OFFLINE" if not offline else "CNNVIS_RANDOM_WEIGHTS", None)
+    os.environ["CNNVIS_OFFLINE" if offline else "CNNVIS_RANDOM_WEIGHTS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
+                            resources={"metadata": {"path": str(BOOK)}})
+    start = time.perf_counter()
+    error = ""
+    try:
+        client.execute()
+    except CellExecutionError as e:
+        error = str(e).strip().splitlines()[-1][:120]
+    except Exception as e:  # a timeout or a dead kernel
+        error = f"{type(e).__name__}: {str(e)[:100]}"
+    finally:
+        os.environ.clear()
+        os.environ.update(env_backup)
+    return time.perf_counter() - start, error
+
+
+def main(argv=None) -> str:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("chapters", nargs="*", help="chapter numbers (default: all)")
+    p.add_argument("--offline", action="store_true", help="the offline world instead of random weights")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--timeout", type=int, default=900, help="per cell, seconds")
+    p.add_argument("--readme", action="store_true")
+    args = p.parse_args(argv)
+    paths = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+    if args.chapters:
+        paths = [q for q in paths if q.name[:2] in {c.zfill(2) for c in args.chapters}]
+    rows = []
+    for path in paths:
+        seconds, error = run(path, args.offline, args.threads, args.timeout)
+        mark = "" if seconds <= GOAL_S else " !"
+        rows.append(f"| {path.stem} | {seconds:.0f}{mark} | {error or 'ok'} |")
+        print(rows[-1], flush=True)
+    world = "offline world (ShapesNet)" if args.offline else "real architectures, random weights"
+    text = (f"Chapter execution times, {world}, {args.threads} CPU threads, measured "
+            f"{datetime.date.today().isoformat()} (goal: under {GOAL_S} s each; `!` marks a miss).\n\n"
+            "| chapter | seconds | status |\n|---|---|---|\n" + "\n".join(rows) + "\n")
+    print(text)
+    if args.readme:
+        readme = ROOT / "README.md"
+        s = readme.read_text()
+        start, end = "<!-- chapters-time:start -->", "<!-- chapters-time:end -->"
+        s = re.sub(re.escape(start) + ".*?" + re.escape(end), start + "\n" + text + end, s, flags=re.S)
+        readme.write_text(s)
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main() and 0)

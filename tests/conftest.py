@@ -1,0 +1,23 @@
+"""Test configuration: the whole suite runs in the offline world, without network.
+
+``CNNVIS_OFFLINE=1`` is set here, at import time, before nbval starts any notebook kernel, so
+the kernels inherit it too.
+"""
+import os
+import sys
+from pathlib import Path
+
+os.environ["CNNVIS_OFFLINE"] = "1"
+os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+collect_ignore = ["benchmarks"]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--built-book", default=None,
+                     help="folder of a built book (_build/html) for tests/test_built_book.py")

@@ -1,0 +1,77 @@
+"""Student versions: solutions stripped, checks kept; each student version fails its check as given,
+and putting the solution back gives the chapter, whose checks nbval runs and passes."""
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+from helpers import assignments
+
+BOOK = Path(assignments.BOOK)
+CHAPTERS = assignments.chapters()
+
+
+def test_strip_and_put_back_are_inverse():
+    src = "def f(x):\n    ### BEGIN SOLUTION\n    y = x + 1\n    return y\n    ### END SOLUTION\n\nz = 1\n"
+    student = assignments.strip_solutions(src)
+    assert student == "def f(x):\n    raise NotImplementedError()\n\nz = 1\n"
+    assert assignments.put_back(student, src) == src
+    with pytest.raises(ValueError, match="unbalanced"):
+        assignments.strip_solutions("### BEGIN SOLUTION\nx = 1\n")
+
+
+def test_every_chapter_has_an_assignment():
+    numbered = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
+    assert numbered and CHAPTERS == numbered
+
+
+def test_build_writes_student_versions(tmp_path):
+    written = assignments.build(tmp_path)
+    assert [p.name for p in written] == [p.name for p in CHAPTERS]
+    for path in written:
+        student = json.loads(path.read_text())
+        original = json.loads((BOOK / path.name).read_text())
+        text = json.dumps(student)
+        assert assignments.BEGIN not in text and "NotImplementedError" in text
+        assert assignments.NOTE in json.dumps(student["cells"][1]["source"])
+        s_code = [c for c in student["cells"] if c["cell_type"] == "code"]
+        o_code = [c for c in original["cells"] if c["cell_type"] == "code"]
+        assert len(s_code) == len(o_code)
+        for s, o in zip(s_code, o_code):
+            assert not s["outputs"] and s["execution_count"] is None
+            # the checks are kept unchanged; the solution goes back exactly where it was
+            assert assignments.put_back(assignments._source(s), assignments._source(o)) == assignments._source(o)
+        nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
+
+
+def test_cli(tmp_path, capsys):
+    assert assignments._main(["build", str(tmp_path / "out"), "--chapters", "0"]) == 0
+    assert (tmp_path / "out" / "00_models_and_images.ipynb").exists()
+    assert "1 student notebooks" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name[:2])
+def test_student_version_fails_its_check(chapter, tmp_path):
+    """Run the student notebook up to the first check after an assignment: it must fail there, not before."""
+    nb = nbformat.reads(json.dumps(assignments.student_notebook(json.loads(chapter.read_text()))), as_version=4)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    first = next(i for i in code if "raise NotImplementedError()" in c_src(nb.cells[i]))
+    check = next(i for i in code if i > first)
+    nb.cells = nb.cells[:check + 1]
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}})
+    with pytest.raises(CellExecutionError) as e:
+        client.execute()
+    # the failure is the missing solution (or the check that catches it), not an earlier cell
+    executed = [c for c in nb.cells if c.cell_type == "code" and c.get("outputs")]
+    errors = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert errors and errors[0] in (first, check), f"failed at cell {errors[0]}, before the assignment"
+    assert "NotImplementedError" in str(e.value) or "AssertionError" in str(e.value)
+    assert executed
+
+
+def c_src(cell):
+    return cell.source if isinstance(cell.source, str) else "".join(cell.source)

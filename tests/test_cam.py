@@ -1,0 +1,476 @@
+"""helpers.cam: every map against an independent reference, on the book's architectures.
+
+The references are written differently from the helpers on purpose: the full graph from the
+input (``x.requires_grad``) and a forward hook that keeps the layer's output, numpy in float64,
+the classifier's weights named per architecture, OpenCV for the upsampling, one masked image at a
+time for Score-CAM, the paper's derivatives with ``exp(S)`` left in for Grad-CAM++. Then the
+properties: Grad-CAM reduces to CAM on a GAP network, the peak lies on the object in the shapes
+world, the model is left unchanged (also after an error), clear errors, and the speed ratios.
+"""
+import functools
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from helpers import cam, hooks, metrics, models, shapes
+
+ARCHITECTURES = ["vgg16", "resnet50", "googlenet"]
+# a layer at the end and one inside a block, for each architecture
+LAYERS = {
+    "vgg16": ["features.29", "features.19"],
+    "resnet50": ["layer4", "layer3.5.conv2"],
+    "googlenet": ["inception5b", "inception4c.branch2.1"],
+    "shapesnet": [None, "features.8"],  # the last conv feature map (set below), a conv in the middle
+}
+
+
+def snapshot(model):
+    return ([(m.training, getattr(m, "inplace", None), len(m._forward_hooks), len(m._forward_pre_hooks),
+              len(m._backward_hooks), len(m._backward_pre_hooks), "forward" in m.__dict__)
+             for m in model.modules()],
+            [(p.requires_grad, p.grad) for p in model.parameters()])
+
+
+@functools.lru_cache(maxsize=None)
+def architecture(name):
+    torch.manual_seed(0)
+    net = models._build_torchvision(name, None).eval()
+    for m in net.modules():  # the references keep the layers' outputs: nothing may overwrite them
+        if hasattr(m, "inplace"):
+            m.inplace = False
+    return net
+
+
+@functools.lru_cache(maxsize=None)
+def shapesnet():
+    net = models.load("shapesnet")
+    LAYERS["shapesnet"][0] = models.last_conv_layer(net)
+    return net
+
+
+def shapesnet_last():
+    return models.last_conv_layer(shapesnet())
+
+
+def model_and_input(name, n=2, seed=0):
+    if name == "shapesnet":
+        x, _ = shapes.batch(list(range(20 + seed, 20 + seed + n)))
+        return shapesnet(), x
+    g = torch.Generator().manual_seed(seed)
+    return architecture(name), torch.randn(n, 3, 64, 64, generator=g)
+
+
+def reference_activations_and_gradients(model, x, layers, targets):
+    """The full graph from the input and plain forward hooks: A and dy^c/dA, per image, in float64.
+
+    One forward and one backward pass per image for all the layers; returns {layer: (A, G)} and
+    the scores ``[N, C]``.
+    """
+    modules = dict(model.named_modules())
+    store = {}
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: store.__setitem__(n, o)) for n in layers]
+    out = {n: ([], []) for n in layers}
+    scores = []
+    try:
+        for i, t in enumerate(targets):
+            xi = x[i:i + 1].clone().requires_grad_(True)
+            s = model(xi)
+            grads = torch.autograd.grad(s[0, t], [store[n] for n in layers])
+            scores.append(s[0].detach().double().numpy())
+            for n, g in zip(layers, grads):
+                out[n][0].append(store[n][0].detach().double().numpy())
+                out[n][1].append(g[0].double().numpy())
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (np.stack(a), np.stack(g)) for n, (a, g) in out.items()}, np.stack(scores)
+
+
+TARGETS = [3, 7]
+
+
+@functools.lru_cache(maxsize=None)
+def reference(name):
+    """A, dy^c/dA at the two layers of LAYERS[name] for the two images and TARGETS; and the scores."""
+    model, x = model_and_input(name)
+    return reference_activations_and_gradients(model, x, LAYERS[name], TARGETS)
+
+
+def upsample_unit(raw, size, signed=False):
+    """OpenCV bilinear upsampling (half-pixel centres), then [0, 1] per map."""
+    out = []
+    for m in raw:
+        up = cv2.resize(m.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR).astype(np.float64)
+        lo = up.min() if signed else 0.0
+        span = up.max() - lo
+        out.append((up - lo) / span if span > 0 else np.zeros_like(up))
+    return np.stack(out)
+
+
+def close(ours, ref, atol=2e-4):
+    ours = ours.numpy() if isinstance(ours, torch.Tensor) else ours
+    assert ours.shape == ref.shape, (ours.shape, ref.shape)
+    err = np.abs(ours - ref).max()
+    assert err < atol, f"largest difference {err:.2e}"
+
+
+# ------------------------------------------------------------------------------------ Grad-CAM
+@pytest.mark.parametrize("name", ARCHITECTURES + ["shapesnet"])
+def test_grad_cam_equals_the_papers_definition(name):
+    model, x = model_and_input(name)
+    refs, _ = reference(name)
+    ours = cam.grad_cam(model, x, TARGETS, LAYERS[name])                    # both layers, one pass
+    counter = cam.grad_cam(model, x, TARGETS, LAYERS[name], counterfactual=True)
+    for i, layer in enumerate(LAYERS[name]):
+        A, G = refs[layer]
+        alpha = G.sum(axis=(2, 3)) / (G.shape[2] * G.shape[3])             # (1/Z) sum_ij dy/dA_ij
+        raw = np.maximum(np.einsum("nk,nkhw->nhw", alpha, A), 0)
+        close(ours[i], upsample_unit(raw, x.shape[-1]))
+        anti = np.maximum(np.einsum("nk,nkhw->nhw", -alpha, A), 0)
+        close(counter[i], upsample_unit(anti, x.shape[-1]))
+    # a single layer gives [N, H, W], the same maps
+    close(cam.grad_cam(model, x, TARGETS, LAYERS[name][0]), ours[0].numpy(), atol=1e-6)
+
+
+def test_grad_cam_accepts_modules_and_several_layers_in_one_pass():
+    model, x = model_and_input("resnet50")
+    names = ["layer2", "layer3", "layer4"]
+    stacked = cam.grad_cam(model, x, 5, names)
+    assert stacked.shape == (3, 2, 64, 64)
+    for i, n in enumerate(names):
+        assert torch.allclose(stacked[i], cam.grad_cam(model, x, 5, model.get_submodule(n)), atol=1e-6)
+    # parallel branches of GoogLeNet (neither is downstream of the other)
+    g, xg = model_and_input("googlenet")
+    both = cam.grad_cam(g, xg, 1, ["inception4c.branch2.1", "inception4c.branch3.1"])
+    assert torch.allclose(both[1], cam.grad_cam(g, xg, 1, "inception4c.branch3.1"), atol=1e-6)
+
+
+def test_grad_cam_reduces_to_cam_on_a_gap_network():
+    """With GAP + one linear layer, dy^c/dA_ij^k = w_k^c / Z: Grad-CAM = ReLU(CAM) (Selvaraju et al.)."""
+    for name in ("resnet50", "shapesnet"):
+        model, x = model_and_input(name)
+        layer = LAYERS[name][0]
+        A, G = reference(name)[0][layer]
+        fc = model.fc if name == "resnet50" else model.classifier
+        w = fc.weight.double().detach().numpy()[TARGETS]                    # [N, K]
+        Z = G.shape[2] * G.shape[3]
+        assert np.allclose(G, w[:, :, None, None] / Z, atol=1e-7)          # dy^c/dA_ij = w_k^c / Z everywhere
+        raw_cam = np.einsum("nk,nkhw->nhw", w, A)
+        close(cam.grad_cam(model, x, TARGETS, layer), upsample_unit(np.maximum(raw_cam, 0), x.shape[-1]))
+
+
+# ------------------------------------------------------------------------------------ CAM
+@pytest.mark.parametrize("name", ["resnet50", "googlenet", "shapesnet"])
+def test_cam_is_the_class_weighted_sum_of_the_last_feature_maps(name):
+    model, x = model_and_input(name)
+    layer = models.last_conv_layer(model)
+    A = reference(name)[0][layer][0] if layer in LAYERS.get(name, []) else \
+        reference_activations_and_gradients(model, x, [layer], [0, 0])[0][layer][0]
+    weights = {"resnet50": lambda m: m.fc.weight, "googlenet": lambda m: m.fc.weight,
+               "shapesnet": lambda m: m.classifier.weight}[name](model).double().detach().numpy()
+    raw = np.stack([np.tensordot(weights[c], A[i], axes=1) for i, c in enumerate([4, 8])])
+    close(cam.cam(model, x, [4, 8]), upsample_unit(raw, x.shape[-1], signed=True))
+    # one image, five classes: five maps from one forward pass
+    top5 = [1, 2, 3, 4, 5]
+    close(cam.cam(model, x[:1], top5), upsample_unit(
+        np.stack([np.tensordot(weights[c], A[0], axes=1) for c in top5]), x.shape[-1], signed=True))
+
+
+def test_cam_refuses_an_architecture_without_gap():
+    model, x = model_and_input("vgg16")
+    before = snapshot(model)
+    with pytest.raises(ValueError, match="global average pooling.*Grad-CAM"):
+        cam.cam(model, x, 1)
+    assert snapshot(model) == before
+    # a GAP network whose chosen layer is not the one before the pooling: the check catches it
+    r, xr = model_and_input("resnet50")
+    with pytest.raises(ValueError, match="no linear layer|does not give"):
+        cam.cam(r, xr, 1, "layer3")
+
+
+# ------------------------------------------------------------------------------------ Grad-CAM++
+@pytest.mark.parametrize("name", ARCHITECTURES + ["shapesnet"])
+def test_grad_cam_pp_follows_the_paper(name):
+    """Eq. (19) with Y = exp(S): first, second and third derivatives exp(S) g, exp(S) g^2, exp(S) g^3.
+
+    The formula on the reference's own A and g agrees to rounding. End to end, the weights
+    alpha = 1 / (2 + sum(A) g) have a pole where sum(A) g = -2 with g > 0, possible only where a
+    layer's output can be negative (a conv before its ReLU, e.g. ShapesNet's features.8): there a
+    gradient that differs from the reference's by 5e-8 (the summation order of two graphs) moves
+    the map by ~3e-4, so such layers get a looser tolerance.
+    """
+    model, x = model_and_input(name)
+    refs, scores = reference(name)
+    S = scores[[0, 1], TARGETS]
+    ours = cam.grad_cam_pp(model, x, TARGETS, LAYERS[name])
+    for i, layer in enumerate(LAYERS[name]):
+        A, G = refs[layer]
+        ref = upsample_unit(reference_grad_cam_pp(A, G, S), x.shape[-1])
+        formula = cam.grad_cam_pp_map(torch.from_numpy(A), torch.from_numpy(G))   # float64 in, float64 out
+        close(cam.to_heatmap(formula, x.shape[-2:]), ref, atol=1e-5)
+        close(ours[i], ref, atol=2e-4 if A.min() >= 0 else 1e-3)
+
+
+def reference_grad_cam_pp(A, G, S):
+    raws = []
+    for a, g, s in zip(A, G, S):
+        e = np.exp(s)
+        first, second, third = e * g, e * g ** 2, e * g ** 3
+        denom = 2 * second + a.sum(axis=(1, 2), keepdims=True) * third
+        alpha = np.divide(second, denom, out=np.zeros_like(second), where=denom != 0)
+        w = (alpha * np.maximum(first, 0)).sum(axis=(1, 2))
+        raws.append(np.maximum(np.tensordot(w, a, axes=1), 0))
+    return np.stack(raws)
+
+
+def test_grad_cam_pp_weights_instances_not_areas():
+    """A toy with two instances of one class: a big one and a small one. Grad-CAM weighs channels by the
+    spatial mean of the gradient, Grad-CAM++ by alpha, which gives the small instance its share."""
+    A = torch.zeros(1, 2, 8, 8)
+    A[0, 0, :6, :6] = 1.0         # channel 0: a big instance
+    A[0, 1, 7, 7] = 1.0           # channel 1: a small one
+    g = torch.zeros_like(A)
+    g[0, 0] = 0.05                # a weak gradient spread over the big instance's channel
+    g[0, 1, 7, 7] = 1.0           # a strong one at the small instance
+    gc = cam.grad_cam_map(A, g)[0]
+    pp = cam.grad_cam_pp_map(A, g)[0]
+    # Grad-CAM: alpha_0 = 0.05, alpha_1 = 1/64: the big instance is 3.2 times brighter than the small one
+    assert torch.isclose(gc[0, 0] / gc[7, 7], torch.tensor(0.05 * 64))
+    # Grad-CAM++: alpha = g^2 / (2 g^2 + sum(A) g^3) = 1 / (2 + sum(A) g) for the uniform channel,
+    # w_0 = 64 * 0.05 / (2 + 36 * 0.05); the small instance gets w_1 = 1 / (2 + 1) = 1/3, brighter than before
+    w0, w1 = 64 * 0.05 / (2 + 36 * 0.05), 1 / 3
+    assert torch.isclose(pp[0, 0], torch.tensor(w0)) and torch.isclose(pp[7, 7], torch.tensor(w1))
+    assert pp[7, 7] / pp[0, 0] > 1.25 * gc[7, 7] / gc[0, 0]          # 0.396 against 0.3125
+
+
+# ------------------------------------------------------------------------------------ LayerCAM
+@pytest.mark.parametrize("name", ARCHITECTURES + ["shapesnet"])
+def test_layer_cam_is_positive_gradient_times_activation(name):
+    model, x = model_and_input(name)
+    refs, _ = reference(name)
+    ours = cam.layer_cam(model, x, TARGETS, LAYERS[name])
+    for i, layer in enumerate(LAYERS[name]):
+        A, G = refs[layer]
+        raw = np.maximum((np.maximum(G, 0) * A).sum(axis=1), 0)             # ReLU(sum_k ReLU(g) * A)
+        close(ours[i], upsample_unit(raw, x.shape[-1]))
+
+
+def test_fuse_scales_shallow_layers_by_tanh_and_takes_the_maximum():
+    maps = torch.rand(3, 2, 16, 16)
+    maps[:, :, 0, 0] = 1.0
+    fused = cam.fuse(maps, gamma=2.0)
+    expected = torch.maximum(torch.maximum(torch.tanh(2 * maps[0]), torch.tanh(2 * maps[1])), maps[2])
+    expected = expected / expected.flatten(1).amax(1)[:, None, None]
+    assert torch.allclose(fused, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="layers, M, H, W"):
+        cam.fuse(maps[0])
+
+
+# ------------------------------------------------------------------------------------ Score-CAM
+def reference_score_cam(model, x1, layer, target):
+    """One masked image at a time: OpenCV upsampling, min-max, softmax probability minus the baseline's."""
+    module = dict(model.named_modules())[models.last_conv_layer(model) if layer is None else layer]
+    store = {}
+    h = module.register_forward_hook(lambda m, i, o: store.__setitem__("A", o.detach()))
+    try:
+        with torch.no_grad():
+            model(x1)
+            A = store["A"][0].double().numpy()
+            base = torch.softmax(model(torch.zeros_like(x1)).double(), 1)[0, target].item()
+            size = x1.shape[-1]
+            weights = []
+            for a in A:
+                up = cv2.resize(a.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
+                mask = (up - up.min()) / (up.max() - up.min()) if up.max() > up.min() else np.zeros_like(up)
+                p = torch.softmax(model(x1 * torch.from_numpy(mask)).double(), 1)[0, target].item()
+                weights.append(p - base)
+    finally:
+        h.remove()
+    return np.maximum(np.tensordot(np.array(weights), A, axes=1), 0)
+
+
+@pytest.mark.parametrize("name,layer", [("shapesnet", None), ("alexnet", "features.1")])
+def test_score_cam_follows_the_paper(name, layer):
+    model, x = model_and_input(name, n=1)
+    raw = reference_score_cam(model, x, layer, 4)
+    ours = cam.score_cam(model, x, 4, layer, batch_size=7, progress=False)
+    close(ours, upsample_unit(raw[None], x.shape[-1]), atol=1e-3)
+    # batch size changes nothing; several classes of one image reuse the masked images
+    again = cam.score_cam(model, x, [4, 2], layer, batch_size=64, progress=False)
+    close(again[:1], ours.numpy(), atol=1e-4)
+
+
+def test_score_cam_counts_forward_passes_and_checks_batch_size():
+    model, x = model_and_input("shapesnet", n=2)
+    calls = []
+    h = model.register_forward_pre_hook(lambda m, i: calls.append(i[0].shape[0]))
+    try:
+        cam.score_cam(model, x, [1, 2], batch_size=50, progress=False)
+    finally:
+        h.remove()
+    k = models.channels(model, shapesnet_last())
+    masked = [c for c in calls[2:]]                       # after the prefix pass and the baseline
+    assert max(masked) <= 50 and sum(masked) <= 2 * k
+    with pytest.raises(ValueError, match="batch_size"):
+        cam.score_cam(model, x, 1, batch_size=0)
+
+
+# ------------------------------------------------------------------------------------ Guided Grad-CAM
+def test_guided_grad_cam_is_guided_backprop_times_grad_cam():
+    pytest.importorskip("helpers.gradients")
+    model, x = model_and_input("vgg16")
+    xx = x.clone().requires_grad_(True)
+    with hooks.relu_rule(model, "guided"):
+        (gb,) = torch.autograd.grad(model(xx)[[0, 1], [3, 7]].sum(), xx)
+    heat = cam.grad_cam(model, x, [3, 7], "features.29")
+    ours = cam.guided_grad_cam(model, x, [3, 7], "features.29")
+    assert ours.shape == (2, 3, 64, 64)
+    assert torch.allclose(ours, gb * heat[:, None], atol=1e-6 * float(gb.abs().max()))
+
+
+# ------------------------------------------------------------------------------------ the cache
+@pytest.mark.parametrize("name", ARCHITECTURES + ["shapesnet"])
+def test_cached_explainer_equals_the_functions(name):
+    model, x = model_and_input(name)
+    x1, t = x[:1], [1, 2, 8]                      # one image, three classes: one batched backward pass
+    acts, grads, _ = cam._forward_backward(model, x1.clone(), [model.get_submodule(n) for n in LAYERS[name]],
+                                           torch.zeros(3, dtype=torch.long), torch.tensor(t))
+    expected = {"grad_cam": cam.grad_cam(model, x1, t, LAYERS[name])}
+    for i, layer in enumerate(LAYERS[name]):
+        c = cam.Cached(model, x1, layer)
+        A = acts[i].expand(3, -1, -1, -1)
+        assert torch.allclose(c.grad_cam(t), expected["grad_cam"][i], atol=1e-5)
+        assert torch.allclose(c.grad_cam(t[1]), expected["grad_cam"][i][1:2], atol=1e-5)
+        assert torch.allclose(c.grad_cam(t, counterfactual=True),
+                              cam.to_heatmap(cam.grad_cam_map(A, grads[i], True), x.shape[-2:]), atol=1e-5)
+        assert torch.allclose(c.grad_cam_pp(t), cam.to_heatmap(cam.grad_cam_pp_map(A, grads[i]), x.shape[-2:]), atol=1e-5)
+        assert torch.allclose(c.layer_cam(t), cam.to_heatmap(cam.layer_cam_map(A, grads[i]), x.shape[-2:]), atol=1e-5)
+    if name in ("resnet50", "shapesnet"):
+        c = cam.Cached(model, x1)
+        assert torch.allclose(c.cam([3, 4]), cam.cam(model, x1, [3, 4]), atol=1e-5)
+
+
+def test_cached_retargeting_runs_no_forward_pass_and_no_prefix():
+    model, x = model_and_input("resnet50", n=1)
+    runs = []
+    handles = [m.register_forward_hook(lambda m, i, o, n=n: runs.append(n)) for n, m in model.named_modules() if n]
+    try:
+        c = cam.Cached(model, x, "layer4")
+        first = len(runs)
+        for t in range(5):
+            c.grad_cam(t)
+        assert first > 0 and len(runs) == first, "re-targeting ran modules forward"
+    finally:
+        for h in handles:
+            h.remove()
+    # the backward of re-targeting stops at the layer: no gradient reaches the prefix
+    assert c.activations.is_leaf and c.activations.requires_grad
+    # several images, one class each
+    m2, x2 = model_and_input("shapesnet", n=3)
+    c2 = cam.Cached(m2, x2)
+    assert torch.allclose(c2.grad_cam([1, 2, 3]), cam.grad_cam(m2, x2, [1, 2, 3]), atol=1e-5)
+    assert torch.allclose(c2.score_cam([1, 2, 3], progress=False),
+                          cam.score_cam(m2, x2, [1, 2, 3], progress=False), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ the shapes world
+def test_grad_cam_points_at_the_object_in_two_object_scenes():
+    """Issue 4's bar: the pointing game (Zhang et al.) on 60 unseen two-object scenes, each object's class in turn.
+
+    A hit when the peak of the Grad-CAM map for one object's class lies on that object's mask within the
+    paper's 15-pixel tolerance: at least 95 % of the 120 maps. The map has one value per 8 x 8 pixels
+    (16 x 16 on 128 px) and a ring's or a crescent's peak often lands in its hole or its concave side, so
+    exact hits (tolerance 0) are fewer (about 70 %); they are checked against a looser floor.
+    """
+    model = shapesnet()
+    seeds = list(range(5000, 5060))
+    ss = shapes.scenes(seeds, n_objects=2)
+    assert all(s.labels[0] != s.labels[1] for s in ss)       # two objects of different classes
+    x, _ = shapes.batch(seeds, n_objects=2)
+    hits = {0: 0, 15: 0}
+    for j in (0, 1):
+        heat = cam.grad_cam(model, x, [s.labels[j] for s in ss])
+        masks = np.stack([s.masks[j] for s in ss])
+        for tolerance in hits:
+            hits[tolerance] += int(metrics.pointing_game(heat, masks, tolerance=tolerance).hits.sum())
+    n = 2 * len(ss)
+    print(f"pointing game on {len(ss)} two-object scenes ({n} maps): "
+          f"{hits[15] / n:.1%} within 15 px, {hits[0] / n:.1%} exact")
+    assert hits[15] / n >= 0.95, hits
+    assert hits[0] / n >= 0.55, hits
+
+
+# ------------------------------------------------------------------------------------ the model, errors
+FUNCTIONS = {
+    "cam": lambda m, x, t, l: cam.cam(m, x, t, l),
+    "grad_cam": lambda m, x, t, l: cam.grad_cam(m, x, t, l),
+    "grad_cam_pp": lambda m, x, t, l: cam.grad_cam_pp(m, x, t, l),
+    "layer_cam": lambda m, x, t, l: cam.layer_cam(m, x, t, l),
+    "score_cam": lambda m, x, t, l: cam.score_cam(m, x, t, l, batch_size=64, progress=False),
+    "cached": lambda m, x, t, l: cam.Cached(m, x, l).grad_cam(t),
+}
+
+
+@pytest.mark.parametrize("fn", list(FUNCTIONS))
+def test_model_left_unchanged_after_success_and_after_errors(fn):
+    torch.manual_seed(0)
+    model = models._build_torchvision("resnet50", None)
+    model.train()                                      # a mode the functions must restore
+    model.layer1[0].conv1.weight.requires_grad_(False)
+    x = torch.randn(1, 3, 32, 32)
+    before = snapshot(model)
+    out = FUNCTIONS[fn](model, x, 3, "layer4" if fn != "score_cam" else "layer1.0.conv1")
+    assert out.shape == (1, 32, 32) and 0 <= float(out.min()) and float(out.max()) <= 1
+    assert snapshot(model) == before
+    with pytest.raises(ValueError, match="runs more than once"):
+        FUNCTIONS[fn](model, x, 3, "layer4.2.relu")      # ResNet's shared relu: error, never a silent choice
+    assert snapshot(model) == before
+    with pytest.raises(ValueError, match="out of range"):
+        FUNCTIONS[fn](model, x, 1000, "layer4")
+    assert snapshot(model) == before
+    assert model.training
+
+
+def test_clear_errors():
+    model, x = model_and_input("shapesnet", n=1)
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
+        cam.grad_cam(model, x[0], 1)
+    with pytest.raises(ValueError, match="tensor"):
+        cam.grad_cam(model, np.zeros((1, 3, 8, 8)), 1)
+    with pytest.raises(ValueError, match="valid names"):
+        cam.grad_cam(model, x, 1, "features.99")
+    with pytest.raises(ValueError, match="one class or one per image"):
+        cam.grad_cam(model, torch.cat([x, x]), [1, 2, 3])
+    with pytest.raises(ValueError, match="empty"):
+        cam.grad_cam(model, x, [])
+
+
+def test_maps_are_in_unit_range_at_input_resolution_on_the_cpu():
+    model, x = model_and_input("shapesnet", n=3)
+    for fn in (cam.cam, cam.grad_cam, cam.grad_cam_pp, cam.layer_cam):
+        m = fn(model, x, 2)
+        assert m.shape == (3, 128, 128) and m.device.type == "cpu"
+        assert float(m.min()) >= 0 and float(m.max()) <= 1
+        peaks = m.amax((1, 2))
+        assert all(np.isclose(float(p), 1.0) or float(p) == 0 for p in peaks), peaks  # scaled, or nothing
+
+
+# ------------------------------------------------------------------------------------ speed
+def test_speed_grad_cam_and_retargeting_against_one_forward_pass():
+    """Measured in one run, interleaved: Grad-CAM at the last conv layer vs a forward pass, and a new class.
+
+    One thread and its CPU time (``time.thread_time``): the ratios of the work done, which other
+    processes on a shared machine cannot inflate (wall-clock ratios are the benchmark's job).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        r = cam.timings(architecture("resnet50"), torch.randn(1, 3, 128, 128), repeat=3, clock=time.thread_time)
+    finally:
+        torch.set_num_threads(threads)
+    assert r["grad_cam_ratio"] < 1.5, r   # the bar (1.1x) is measured at 224 px by the benchmark
+    assert r["retarget_ratio"] < 0.15, r

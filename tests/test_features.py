@@ -1,0 +1,267 @@
+"""helpers.features: feature maps, filters, activation maximization, deep dream, inversion.
+
+Properties checked against independent references written differently here (slicing the
+Sequential by hand, loops over pixels), plus what the papers promise: the activation grows,
+the dream raises the layer's norm, the inversion reproduces the representation, and the
+model is left exactly as it was (also after an exception).
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import features, hooks, models, shapes
+
+
+def snapshot(model):
+    return ([(m.training, getattr(m, "inplace", None), len(m._forward_hooks), len(m._forward_pre_hooks),
+              len(m._backward_hooks)) for m in model.modules()],
+            [(p.requires_grad, p.grad) for p in model.parameters()],
+            {k: v.clone() for k, v in model.state_dict().items()})
+
+
+def same(a, b):
+    return a[0] == b[0] and a[1] == b[1] and all(torch.equal(a[2][k], b[2][k]) for k in a[2])
+
+
+@pytest.fixture(scope="module")
+def net():
+    return models.load("shapesnet")
+
+
+@pytest.fixture(scope="module")
+def scenes():
+    x, y = shapes.batch(range(6))
+    return x, y
+
+
+def valid_range(model):
+    info = models.info(model)
+    mean = torch.tensor(info.mean).view(1, 3, 1, 1)
+    std = torch.tensor(info.std).view(1, 3, 1, 1)
+    return -mean / std, (1 - mean) / std
+
+
+def pixels(model, x):
+    info = models.info(model)
+    mean = torch.tensor(info.mean).view(1, 3, 1, 1)
+    std = torch.tensor(info.std).view(1, 3, 1, 1)
+    return x * std + mean
+
+
+# ------------------------------------------------------------------------------ chapter 01
+def test_feature_maps_equal_the_sequential_sliced_by_hand(net, scenes):
+    x, _ = scenes
+    with torch.no_grad():
+        ref = net.features[:4](x)                       # conv, relu, pool, conv
+        logits = net(x)
+    got = features.feature_maps(net, x, "features.3", batch_size=4)  # two batches
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-5)
+    cls = features.feature_maps(net, x, "classifier")
+    k = len(models.class_names(net))
+    assert cls.shape == (6, k, 1, 1) and torch.allclose(cls[:, :, 0, 0], logits, atol=1e-5)
+
+
+def test_filters_are_the_first_conv_weights_as_tiles(net):
+    tiles = features.filters(net)
+    w = net.features[0].weight.detach()
+    assert tiles.shape == (w.shape[0], w.shape[2], w.shape[3], 3)
+    assert tiles.min() >= 0 and tiles.max() <= 1
+    c = 2
+    ref = 0.5 + 0.5 * w[c].numpy().transpose(1, 2, 0) / np.abs(w[c].numpy()).max()
+    assert np.allclose(tiles[c], ref, atol=1e-6)
+    layer_scaled = features.filters(net, scale="layer")
+    assert np.isclose(np.abs(layer_scaled - 0.5).max(), 0.5)
+    with pytest.raises(ValueError, match="3 input"):
+        features.filters(net, "features.3")
+
+
+def test_top_channels_and_channel_map(net, scenes):
+    x, _ = scenes
+    maps = features.feature_maps(net, x[:2], "features.8")
+    idx, val = features.top_channels(maps, k=5)
+    order = np.argsort(-maps[1].mean((1, 2)).numpy())[:5]
+    assert idx.shape == (2, 5) and list(idx[1].numpy()) == list(order)
+    assert torch.all(val[:, :-1] >= val[:, 1:])
+    h = features.channel_map(maps, int(idx[0, 0]), size=128)
+    assert h.shape == (2, 128, 128) and h.min() >= 0 and torch.isclose(h.amax((1, 2)), torch.ones(2)).all()
+    with pytest.raises(ValueError, match=r"0\.\.%d" % (maps.shape[1] - 1)):
+        features.channel_map(maps, maps.shape[1])
+
+
+# ------------------------------------------------------------------------------ chapter 16
+def test_prefix_stops_the_forward_pass_at_the_layer(net, scenes):
+    x, _ = scenes
+    calls = []
+    h = net.classifier.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        before = snapshot(net)
+        with features.prefix(net, "features.8") as run:
+            a = run(x[:1])
+        assert torch.allclose(a, net.features[:9](x[:1]), atol=1e-5)
+        assert calls == [] and same(snapshot(net), before)
+    finally:
+        h.remove()
+
+
+@pytest.mark.parametrize("param", features.PARAMS)
+def test_visualize_filter_raises_the_activation_and_stays_valid(net, scenes, param):
+    x, _ = scenes
+    layer, channel = "features.8", 5
+    before = snapshot(net)
+    v = features.visualize_filter(net, layer, channel, steps=40, param=param, progress=False)
+    assert v.shape == (1, 3, 128, 128) and v.device.type == "cpu"
+    p = pixels(net, v)
+    assert p.min() >= -1e-5 and p.max() <= 1 + 1e-5            # a valid image
+    reached = features.mean_activation(net, v, layer, channel)[0]
+    typical = features.mean_activation(net, x, layer, channel).mean()
+    assert reached > 3 * max(float(typical), 1e-3), (param, float(reached), float(typical))
+    assert same(snapshot(net), before)
+    again = features.visualize_filter(net, layer, channel, steps=40, param=param, progress=False)
+    assert torch.equal(v, again)                                 # seeded
+
+
+def test_filter_optimizer_step_matches_a_hand_written_step(net):
+    """One pixel step = the normalised gradient of the channel's mean, computed independently."""
+    layer, c = "features.3", 4
+    with features.FilterOptimizer(net, layer, c, param="pixel", seed=3, lr=0.05) as opt:
+        x0 = opt.x.detach().clone()
+        opt.step()
+        x1 = opt.x.detach().clone()
+    xx = x0.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(net.features[:4](xx)[0, c].mean(), xx)
+    lo, hi = valid_range(net)
+    ref = torch.max(torch.min(x0 + 0.05 * g / g.abs().mean(), hi), lo)
+    assert torch.allclose(x1, ref, atol=1e-5)
+    assert all(p.grad is None for p in net.parameters())       # no gradient ever reached a weight
+
+
+def test_batched_channels_equal_one_by_one(net):
+    many = features.visualize_filters(net, "features.6", [1, 7], steps=5, param="pixel", seed=0,
+                                      progress=False)
+    one = features.visualize_filter(net, "features.6", 1, steps=5, param="pixel", seed=0, progress=False)
+    assert many.shape == (2, 3, 128, 128)
+    assert torch.allclose(many[:1], one, atol=1e-4)
+
+
+def test_bad_channel_and_param_raise_and_leave_the_model(net):
+    before = snapshot(net)
+    n = net.features[8].out_channels
+    for layer in ("features.8", "features.9"):        # a conv (known at once) and a ReLU (found by running)
+        with pytest.raises(ValueError, match=rf"{n} channels, 0\.\.{n - 1}"):
+            features.visualize_filter(net, layer, n, steps=2, progress=False)
+    k = len(models.class_names(net))
+    with pytest.raises(ValueError, match=rf"0\.\.{k - 1}"):
+        features.visualize_filter(net, "classifier", k, steps=2, progress=False)
+    with pytest.raises(ValueError, match="fourier"):
+        features.visualize_filter(net, "features.8", 0, steps=2, param="fft", progress=False)
+    with pytest.raises(ValueError, match="unknown layer"):
+        features.visualize_filter(net, "features.99", 0, steps=2, progress=False)
+    assert same(snapshot(net), before)
+
+
+def test_filter_optimizer_restores_the_model_after_an_exception(net):
+    net.train()
+    net.features[0].weight.requires_grad_(False)
+    try:
+        before = snapshot(net)
+        with pytest.raises(RuntimeError, match="boom"):
+            with features.FilterOptimizer(net, "features.3", 0, param="fourier") as opt:
+                opt.step()
+                assert not net.training and not any(p.requires_grad for p in net.parameters())
+                raise RuntimeError("boom")
+        assert same(snapshot(net), before)
+    finally:
+        net.eval()
+        net.features[0].weight.requires_grad_(True)
+
+
+def test_fourier_parameterisation_pieces():
+    s = features.fourier_scale(32, 32)
+    assert s.shape == (32, 17) and torch.isclose(s.pow(2).mean(), torch.tensor(1.0))
+    f = torch.sqrt(torch.fft.fftfreq(32)[:, None] ** 2 + torch.fft.rfftfreq(32)[None] ** 2)
+    k = (f > 0.1) & (f < 0.2)
+    assert torch.allclose((s * f)[k], (s * f)[k][0])            # s ~ 1/f away from f = 0
+    m = features.color_correlation(shapes.ShapesNet())
+    assert m.shape == (3, 3) and torch.allclose(m, m.T)
+    assert torch.isclose(m.norm(dim=0).max(), torch.tensor(1.0))
+
+
+def test_torchvision_layers_including_linear_and_blocks():
+    torch.manual_seed(0)
+    g = models._build_torchvision("googlenet", None).eval()
+    before = snapshot(g)
+    v = features.visualize_filter(g, "inception3a", 3, steps=2, size=64, param="fourier", progress=False)
+    assert v.shape == (1, 3, 64, 64) and same(snapshot(g), before)
+    with pytest.raises(ValueError, match=r"256 channels, 0\.\.255"):
+        features.visualize_filter(g, "inception3a", 256, steps=1, size=64, progress=False)
+    a = models._build_torchvision("alexnet", None).eval()
+    for layer in ("features.0", "classifier.6"):
+        x = features.visualize_filter(a, layer, 1, steps=3, size=64, progress=False)
+        assert x.shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match=r"0\.\.999"):
+        features.visualize_filter(a, "classifier.6", 1000, steps=1, size=64, progress=False)
+
+
+# ------------------------------------------------------------------------------ chapter 17
+def test_deep_dream_raises_the_layer_norm_and_returns_a_tensor_like_x(net, scenes):
+    x, _ = scenes
+    x = x[:2].double()
+    before = snapshot(net)
+    out, values = features.deep_dream(net, x.float(), "features.8", octaves=2, steps=6,
+                                      return_values=True, progress=False)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert same(snapshot(net), before)
+    assert (features.layer_norm(net, out, "features.8") > 1.2 * features.layer_norm(net, x.float(), "features.8")).all()
+    assert (values[-1] > values[6]).all()           # the objective grew during the last octave
+    p = pixels(net, out)
+    assert p.min() >= -1e-5 and p.max() <= 1 + 1e-5
+    same_x = features.deep_dream(net, x.float(), "features.8", octaves=3, steps=0, progress=False)
+    lo, hi = valid_range(net)
+    assert torch.allclose(same_x, torch.max(torch.min(x.float(), hi), lo), atol=1e-6)  # no step: the photo
+    with pytest.raises(ValueError, match=r"0\.\.%d" % (net.features[8].out_channels - 1)):
+        features.deep_dream(net, x.float(), "features.8", channel=999, steps=1, progress=False)
+
+
+def test_dream_step_equals_a_hand_written_step(net, scenes):
+    x, _ = scenes
+    x = x[:1].clone()
+    lo, hi = torch.full((1, 3, 1, 1), -2.0), torch.full((1, 3, 1, 1), 2.0)
+    with hooks.frozen(net), features.prefix(net, "features.6") as run:
+        got = x.clone()
+        features.dream_step(run, got, 3, 0.1, (5, -2), lo, hi)
+    xs = torch.roll(x, (5, -2), (2, 3)).requires_grad_(True)
+    (g,) = torch.autograd.grad(0.5 * net.features[:7](xs)[0, 3].pow(2).mean(), xs)
+    g = torch.roll(g, (-5, 2), (2, 3))
+    assert torch.allclose(got, (x + 0.1 * g / g.abs().mean()).clamp(-2, 2), atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ chapter 18
+def test_regularisers_equal_loops():
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 6)
+    ref = np.zeros(2)
+    a = x.numpy()
+    for n in range(2):
+        for c in range(3):
+            for i in range(4):
+                for j in range(5):
+                    ref[n] += ((a[n, c, i, j + 1] - a[n, c, i, j]) ** 2 + (a[n, c, i + 1, j] - a[n, c, i, j]) ** 2) ** 1.5
+    assert np.allclose(features.total_variation(x, beta=3).numpy(), ref, rtol=1e-4)
+    assert torch.allclose(features.alpha_norm(x, 6), (x ** 6).sum((1, 2, 3)))
+
+
+def test_invert_early_layer_reproduces_the_representation(net, scenes):
+    x, _ = scenes
+    before = snapshot(net)
+    rec, hist = features.invert(net, x[:2], "features.1", steps=60, return_history=True, progress=False)
+    assert rec.shape == (2, 3, 128, 128) and same(snapshot(net), before)
+    err = features.relative_error(net, rec, x[:2], "features.1")
+    assert (err < 0.2).all(), err
+    assert (hist[-1] < 0.2 * hist[0]).all()
+    p = pixels(net, rec)
+    assert p.min() >= -1e-5 and p.max() <= 1 + 1e-5
+    # the logits can be inverted too (a Linear layer), but the image is far from the photo
+    rec_fc = features.invert(net, x[:1], "classifier", steps=10, progress=False)
+    assert rec_fc.shape == (1, 3, 128, 128)
+    assert (rec_fc - x[:1]).abs().mean() > (rec[:1] - x[:1]).abs().mean()

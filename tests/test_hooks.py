@@ -1,0 +1,171 @@
+"""helpers.hooks: capture and the ReLU rules, against independent references."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from helpers import hooks, models
+
+
+def snapshot(model):
+    return ([(m.training, getattr(m, "inplace", None), len(m._forward_hooks), len(m._forward_pre_hooks),
+              len(m._backward_hooks)) for m in model.modules()],
+            [p.requires_grad for p in model.parameters()])
+
+
+class FunctionalNet(nn.Module):
+    """Like GoogLeNet/Inception: ReLUs are F.relu calls, not modules."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = F.relu(self.c1(x), inplace=True)
+        x = torch.relu(self.c2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+class ModuleNet(FunctionalNet):
+    """The same network with nn.ReLU modules (in-place, as in torchvision)."""
+
+    def __init__(self):
+        super().__init__()
+        self.r1 = nn.ReLU(inplace=True)
+        self.r2 = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.r2(self.c2(self.r1(self.c1(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+def reference(net_mod, x, target, rule):
+    """Independent reference: the rule applied through backward hooks on nn.ReLU modules."""
+    def hook(m, gin, gout):
+        if rule == "guided":
+            return (gin[0].clamp(min=0),)
+        return (gout[0].clamp(min=0),)
+
+    for r in (net_mod.r1, net_mod.r2):
+        r.inplace = False
+    hs = [r.register_full_backward_hook(hook) for r in (net_mod.r1, net_mod.r2)]
+    x = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(net_mod(x)[0, target], x)
+    for h in hs:
+        h.remove()
+    return g
+
+
+@pytest.mark.parametrize("rule", ["guided", "deconvnet"])
+def test_relu_rule_matches_reference_for_modules_and_functional_relus(rule):
+    torch.manual_seed(0)
+    fun, mod = FunctionalNet(), ModuleNet()
+    mod.load_state_dict(fun.state_dict(), strict=False)
+    x = torch.randn(1, 3, 12, 12)
+    ref = reference(mod, x, 2, rule)
+    for net in (fun, ModuleNet()):
+        net.load_state_dict(fun.state_dict(), strict=False)
+        xx = x.clone().requires_grad_(True)
+        with hooks.relu_rule(net, rule) as h:
+            (g,) = torch.autograd.grad(net(xx)[0, 2], xx)
+        assert h.calls == 2
+        assert torch.allclose(g, ref, atol=1e-6), rule
+    plain_x = x.clone().requires_grad_(True)
+    (plain,) = torch.autograd.grad(fun(plain_x)[0, 2], plain_x)
+    assert not torch.allclose(plain, ref, atol=1e-6)  # the rule really changes the gradient
+
+
+def test_relu_rule_changes_googlenet_input_gradient_and_restores_everything():
+    torch.manual_seed(0)
+    g = models._build_torchvision("googlenet", None).eval()
+    for p in g.parameters():  # larger weights than the init so the gradient is far from zero
+        p.data.mul_(1.5)
+    before = snapshot(g)
+    x = torch.randn(1, 3, 112, 112, requires_grad=True)
+    (plain,) = torch.autograd.grad(g(x)[0, 7], x)
+    with hooks.relu_rule(g, "guided") as h:
+        (guided,) = torch.autograd.grad(g(x)[0, 7], x)
+    assert h.calls > 50  # GoogLeNet's functional ReLUs were all reached
+    # guided differs from plain by much more than rounding (values are tiny at random init)
+    assert (plain - guided).abs().max() > 0.1 * plain.abs().max()
+    assert (guided >= 0).float().mean() != (plain >= 0).float().mean()
+    assert F.relu.__module__ == "torch.nn.functional" and torch.relu is torch._C._VariableFunctions.relu
+    assert snapshot(g) == before
+
+
+def test_relu_rule_restores_after_exception_and_rejects_unknown_rule():
+    net = ModuleNet()
+    before = snapshot(net)
+    relu = F.relu
+    with pytest.raises(RuntimeError):
+        with hooks.relu_rule(net, "deconvnet"):
+            raise RuntimeError("boom")
+    assert F.relu is relu and "relu" not in torch.Tensor.__dict__
+    assert snapshot(net) == before
+    with pytest.raises(ValueError, match="guided"):
+        with hooks.relu_rule(net, "guidded"):
+            pass
+
+
+def test_capture_activations_and_gradients_with_inplace_relu():
+    torch.manual_seed(0)
+    v = models._build_torchvision("vgg16", None).eval()
+    before = snapshot(v)
+    x = torch.randn(1, 3, 64, 64)
+    with hooks.capture(v, "features.28") as cap:
+        out = v(x)
+        g = cap.grad(out[0, 3], retain_graph=True)
+        out[0, 3].backward()
+    # activations are the conv output, before the in-place ReLU that follows it
+    ref_act = v.features[:29](x)
+    assert cap.activations.min() < 0 and torch.allclose(cap.activations, ref_act, atol=1e-5)
+    # the gradient equals autograd's, computed independently from the conv output
+    a = ref_act.detach().requires_grad_(True)
+    rest = v.classifier(torch.flatten(v.avgpool(v.features[30:](torch.relu(a))), 1))
+    (ref_g,) = torch.autograd.grad(rest[0, 3], a)
+    assert torch.allclose(g, ref_g, atol=1e-6) and torch.allclose(cap.gradients, ref_g, atol=1e-6)
+    assert snapshot(v) == before
+
+
+def test_capture_restores_model_when_body_raises():
+    net = ModuleNet().train()
+    net.c1.weight.requires_grad_(False)
+    before = snapshot(net)
+    with pytest.raises(KeyError):
+        with hooks.capture(net, "c2"):
+            net(torch.randn(1, 3, 8, 8))
+            raise KeyError("body failed")
+    assert snapshot(net) == before
+
+
+def test_capture_shared_module_raises_and_suggests_block():
+    r = models._build_torchvision("resnet50", None).eval()
+    before = snapshot(r)
+    with pytest.raises(ValueError, match="layer4.2"):
+        with hooks.capture(r, "layer4.2.relu"):
+            r(torch.randn(1, 3, 64, 64))
+    assert snapshot(r) == before
+    with pytest.raises(ValueError, match="unknown layer"):
+        with hooks.capture(r, "layer9"):
+            pass
+
+
+def test_forward_to_stops_at_the_layer():
+    net = ModuleNet()
+    calls = []
+    net.fc.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(2, 3, 8, 8)
+    a = hooks.forward_to(net, x, "c2")
+    assert torch.allclose(a, net.c2(torch.relu(net.c1(x))))
+    assert calls == [] and len(net.fc._forward_hooks) == 1
+
+
+def test_frozen_restores_requires_grad_and_mode():
+    net = ModuleNet().train()
+    net.c1.bias.requires_grad_(False)
+    before = snapshot(net)
+    with hooks.frozen(net):
+        assert not any(p.requires_grad for p in net.parameters()) and not net.training
+    assert snapshot(net) == before

@@ -1,0 +1,129 @@
+"""helpers.models: loading, the offline fallback, layers, class names (no download anywhere)."""
+import pytest
+import torch
+from torch import nn
+
+from helpers import models
+
+ARCHS = ["vgg16", "vgg19", "alexnet", "resnet50", "googlenet", "inception_v3"]
+
+
+@pytest.fixture(scope="module")
+def archs():
+    """The six torchvision architectures, random weights (structure only, no download)."""
+    out = {}
+    for name in ARCHS:
+        m = models._build_torchvision(name, None).eval()
+        out[name] = models._attach(m, models.ModelInfo(name, "imagenet", models.imagenet_classes(),
+                                                       input_size=299 if name == "inception_v3" else 224,
+                                                       pretrained=False))
+    return out
+
+
+def test_unknown_model_name_lists_valid_names():
+    with pytest.raises(ValueError) as e:
+        models.load("vgg17")
+    for name in models.NAMES:
+        assert name in str(e.value)
+
+
+def test_offline_forced_is_visible(capsys):
+    m = models.load("resnet50")
+    line = capsys.readouterr().out
+    assert "Offline world" in line and "resnet50" in line and "ShapesNet" in line
+    assert models.info(m).world == "shapes" and not m.training
+
+
+def test_fallback_when_weights_cannot_be_had(monkeypatch, tmp_path, capsys):
+    """Without CNNVIS_OFFLINE, no cached weights and a failing download -> ShapesNet, said in one line."""
+    import torchvision.models._api as api
+
+    monkeypatch.delenv("CNNVIS_OFFLINE", raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def no_network(self, *a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(api.WeightsEnum, "get_state_dict", no_network)
+    m = models.load("vgg16")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "cannot be had" in out[0] and "vgg16" in out[0]
+    assert models.info(m).name == "shapesnet"
+
+
+def test_random_weights_switch_builds_the_real_architecture(monkeypatch):
+    monkeypatch.delenv("CNNVIS_OFFLINE", raising=False)
+    monkeypatch.setenv("CNNVIS_RANDOM_WEIGHTS", "1")
+    m = models.load("alexnet")
+    assert type(m).__name__ == "AlexNet" and not models.info(m).pretrained
+    assert len(models.class_names(m)) == 1000
+
+
+def test_shapesnet_loads_with_its_classes():
+    from helpers import shapes
+
+    m = models.load("shapesnet")
+    assert models.class_names(m) == list(shapes.CLASSES)
+    assert models.info(m).input_size == shapes.SIZE
+    assert all(not p.requires_grad or p.requires_grad for p in m.parameters())
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_structure_of_each_architecture(archs, name):
+    m = archs[name]
+    convs = models.conv_layers(m)
+    n_conv = sum(isinstance(mod, nn.Conv2d) for mod in m.modules())
+    assert len(convs) == n_conv and len(set(convs)) == n_conv
+    # forward order: the stem comes first
+    assert convs[0] in ("features.0", "conv1", "conv1.conv", "Conv2d_1a_3x3.conv")
+    assert all(isinstance(models.layer(m, c), nn.Conv2d) for c in convs)
+    last = models.last_conv_layer(m)
+    size = models.info(m).input_size
+    seen = {}
+    h = models.layer(m, last).register_forward_hook(lambda mod, i, o: seen.update(s=o.shape))
+    with torch.no_grad():
+        logits = m(torch.zeros(1, 3, size, size))
+    h.remove()
+    assert logits.shape == (1, 1000)
+    assert seen["s"][2] >= 6 and seen["s"][2] <= 14  # the last conv map before global pooling
+    assert models.channels(m, last) == seen["s"][1]
+    assert len(models.class_names(m)) == 1000 and models.class_names(m)[281] == "tabby"
+
+
+def test_layer_lookup(archs):
+    m = archs["resnet50"]
+    assert models.layer(m, "layer4.2") is m.layer4[2]
+    assert models.layer(m, m.layer3) is m.layer3
+    with pytest.raises(ValueError) as e:
+        models.layer(m, "layer5")
+    assert "layer4.2" in str(e.value) and "layer5" in str(e.value)
+    with pytest.raises(ValueError):
+        models.layer(m, nn.Conv2d(3, 3, 3))
+    assert models.layer_name(m, m.layer4[2]) == "layer4.2"
+    g = archs["googlenet"]
+    assert models.layer(g, "inception4e") is g.inception4e
+
+
+def test_check_target():
+    m = models.load("shapesnet")
+    n = len(models.class_names(m))
+    assert models.check_target(m, 1, 3) == [1, 1, 1]
+    assert models.check_target(m, [0, n - 1], 2) == [0, n - 1]
+    with pytest.raises(ValueError, match=rf"0\.\.{n - 1}"):
+        models.check_target(m, n)
+    with pytest.raises(ValueError):
+        models.check_target(m, -1)
+    with pytest.raises(ValueError):
+        models.check_target(m, [0, 1], 3)
+
+
+def test_predict_is_consistent_with_the_logits():
+    from helpers import shapes
+
+    m = models.load("shapesnet")
+    s = shapes.scene(3)
+    x = shapes.batch([3])[0]
+    top = models.predict(m, x, k=3)[0]
+    assert len(top) == 3 and top[0][2] >= top[1][2] >= top[2][2]
+    assert top[0][0] == int(m(x).argmax()) and top[0][1] == models.class_names(m)[top[0][0]]
+    assert s.labels[0] == top[0][0]  # ShapesNet gets this easy scene right

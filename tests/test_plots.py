@@ -1,0 +1,72 @@
+"""helpers.plots: gradient renderings, heatmaps and grids."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from helpers import plots  # noqa: E402
+
+
+def test_gradient_image_maps_zero_to_grey_and_sign_to_brightness():
+    g = torch.zeros(3, 8, 8)
+    g[:, 0, 0], g[:, 1, 1] = 1.0, -1.0
+    img = plots.gradient_image(g, percentile=100)
+    assert img.shape == (8, 8, 3)
+    assert np.allclose(img[4, 4], 0.5) and np.allclose(img[0, 0], 1.0) and np.allclose(img[1, 1], 0.0)
+    assert np.allclose(plots.gradient_image(torch.zeros(1, 3, 4, 4)), 0.5)
+
+
+def test_percentile_clipping_keeps_the_picture_from_washing_out():
+    g = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.01
+    g[:, 0, 0] = 100.0  # one extreme pixel
+    img = plots.gradient_image(g, percentile=99)
+    assert img[1:, 1:].std() > 0.1  # the rest still shows contrast
+
+
+def test_grayscale_and_positive_negative():
+    g = torch.zeros(3, 4, 4)
+    g[0, 0, 0], g[1, 0, 0] = 2.0, -2.0
+    g[2, 3, 3] = -1.0
+    gray = plots.grayscale(g, percentile=100)
+    assert gray.shape == (4, 4) and gray[0, 0] == 1.0 and gray[3, 3] == 0.25 and gray[1, 1] == 0
+    pos, neg = plots.positive_negative(g, percentile=100)
+    assert pos[0, 0] == 0 and neg[3, 3] == 1.0 and pos.max() == 0  # channel sum at (0,0) is 0
+
+
+def test_heatmap_uses_the_opencv_colormap():
+    m = np.array([[0.0, 1.0]])
+    rgb = plots.heatmap(m, "jet")
+    assert rgb.dtype == np.uint8 and rgb.shape == (1, 2, 3)
+    assert rgb[0, 0, 2] > 100 and rgb[0, 0, 0] < 50  # jet: low is blue
+    assert rgb[0, 1, 0] > 100 and rgb[0, 1, 2] < 50  # high is red
+
+
+def test_overlay_resizes_and_blends():
+    image = np.full((20, 30, 3), 100, np.uint8)
+    out = plots.overlay(image, np.zeros((5, 5)), alpha=0.0)
+    assert out.shape == (20, 30, 3) and (out == 100).all()
+    out = plots.overlay(image, np.ones((5, 5)), alpha=1.0)
+    assert (out == plots.heatmap(np.ones((20, 30)))).all()
+
+
+def test_outline_draws_the_mask_border_only():
+    img = np.zeros((20, 20, 3), np.uint8)
+    mask = np.zeros((20, 20), bool)
+    mask[5:15, 5:15] = True
+    out = plots.outline(img, mask, color=(255, 0, 0))
+    assert out[5, 10, 0] == 255 and out[10, 10, 0] == 0 and img.max() == 0
+
+
+def test_grid_rows_and_titles():
+    rows = [[np.zeros((4, 4)), np.ones((4, 4, 3))], [np.zeros((4, 4)), None]]
+    fig = plots.grid(rows, titles=["a (1)", "b (2)"], row_titles=["vanilla", "guided"])
+    axes = fig.axes
+    assert len(axes) == 4
+    assert axes[0].get_title() == "a (1)" and axes[0].get_ylabel() == "vanilla"
+    assert axes[0].get_xticks().size == 0
+    plt.close(fig)
+    fig = plots.grid([np.zeros((4, 4))] * 7, ncols=3)
+    assert len(fig.axes) == 9
+    plt.close(fig)

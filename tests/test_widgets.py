@@ -1,0 +1,55 @@
+"""helpers.widgets: pickers and the explorer (no frontend needed)."""
+import pytest
+
+from helpers import images, models, widgets
+
+
+@pytest.fixture(scope="module")
+def model():
+    return models.load("shapesnet")
+
+
+def test_pickers(model):
+    ip = widgets.image_picker(model)
+    assert len(ip.options) == len(images.examples(model)) and isinstance(ip.parse(ip.value), images.Example)
+    cp = widgets.class_picker(model, 3)
+    assert cp.parse(cp.value) == 3
+    assert cp.parse("7: arrow") == 7 and cp.parse("arr") == 7  # half-typed text keeps the last class
+    with pytest.raises(ValueError):
+        widgets.class_picker(model, 10_000)
+    lp = widgets.layer_picker(model)
+    assert list(lp.options) == models.conv_layers(model) and lp.value == lp.options[-1]
+    fp = widgets.filter_picker(model, lp, value=500)
+    assert fp.max == models.channels(model, lp.value) - 1 and fp.value == fp.max
+    lp.value = lp.options[0]  # the filter range follows the layer
+    assert fp.max == models.channels(model, lp.options[0]) - 1
+
+
+def test_explore_draws_defaults_and_redraws_on_change(model):
+    calls = []
+    lp = widgets.layer_picker(model)
+    box = widgets.explore(lambda layer, k: calls.append((layer, k)), layer=lp, k=widgets.slider(3, 1, 9))
+    assert calls == [(lp.value, 3)]
+    lp.value = lp.options[0]
+    assert calls[-1] == (lp.options[0], 3)
+    assert box.children
+
+
+def test_explore_with_run_button_waits(model):
+    calls = []
+    s = widgets.slider(0.5, 0.0, 1.0)
+    box = widgets.explore(lambda a: calls.append(a), run_button=True, a=s)
+    assert calls == []  # nothing runs before the button is pressed
+    s.value = 0.7
+    assert calls == []
+    button = box.children[0].children[-1]
+    button.click()
+    assert calls == [0.7]
+
+
+def test_upload_too_large_or_broken_is_reported(model):
+    ip = widgets.image_picker(model)
+    ip._on_upload({"new": [{"name": "x.jpg", "content": b"not an image"}]})
+    assert "x.jpg" in ip.message.value and len(ip.options) == len(images.examples(model))
+    ip._on_upload({"new": [{"name": "big.png", "content": b"0" * (images.MAX_BYTES + 1)}]})
+    assert "too large" in ip.message.value
