@@ -561,7 +561,7 @@ DEFAULT_ARCH = {"decoder_widths": (16, 16, 32, 96)}
 def train(out_dir=None, seed: int = 0, steps: int = 1300, batch_size: int = 16, lr: float = 5e-3,
           background_weight: float = 0.5, pretrained: bool = True, freeze_encoder: bool = True,
           held_out: int = 300, threads: int = 2, progress: bool = True, arch: dict | None = None,
-          log=None) -> dict:
+          bf16: bool = False, log=None) -> dict:
     """Train the DeconvNet on shapes scenes and write ``shapes-deconvnet.pt`` and ``.json``.
 
     * **Encoder**: with ``pretrained`` (the paper starts from VGG16) it starts from the shipped
@@ -635,7 +635,9 @@ def train(out_dir=None, seed: int = 0, steps: int = 1300, batch_size: int = 16, 
                 x, y = label_batch(range(next_seed, next_seed + batch_size), n_objects)
                 next_seed += batch_size
                 x = x.contiguous(memory_format=torch.channels_last)
-                loss = F.cross_entropy(model(x), y, weight=weight)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    scores = model(x)
+                loss = F.cross_entropy(scores.float(), y, weight=weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -671,6 +673,7 @@ def train(out_dir=None, seed: int = 0, steps: int = 1300, batch_size: int = 16, 
             "batch_size": batch_size,
             "lr": lr,
             "background_weight": background_weight,
+            "bf16": bool(bf16),
             "encoder_init": source,
             "torch": torch.__version__,
             "threads": threads,
