@@ -106,12 +106,12 @@ def to_heatmap(m: torch.Tensor, size, signed: bool = False) -> torch.Tensor:
     """
     m = m.detach().float()
     up = F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
-    flat = up.flatten(1)
-    lo = flat.min(1).values[:, None, None] if signed else torch.zeros(len(up), 1, 1, device=up.device)
-    hi = flat.max(1).values[:, None, None]
-    span = hi - lo
-    out = torch.where(span > 0, (up - lo) / span.clamp_min(torch.finfo(up.dtype).tiny), torch.zeros_like(up))
-    return out.clamp_(0, 1).cpu()
+    hi = up.amax(dim=(1, 2), keepdim=True)
+    if signed:
+        lo = up.amin(dim=(1, 2), keepdim=True)
+        up, hi = up - lo, hi - lo
+    # a constant map (hi == 0 after the shift) becomes zeros: 0 * (1 / tiny) = 0
+    return up.div_(hi.clamp_min(torch.finfo(up.dtype).tiny)).clamp_(0, 1).cpu()
 
 
 @contextlib.contextmanager
@@ -125,8 +125,10 @@ def _captured(model: nn.Module, modules):
     with contextlib.ExitStack() as stack:
         caps = [stack.enter_context(hooks.capture(model, m)) for m in modules]
         for p in model.parameters():
-            p.requires_grad_(False)   # no graph through the weights, no gradient for them
-        model.eval()
+            if p.requires_grad:
+                p.requires_grad_(False)   # no graph through the weights, no gradient for them
+        if any(m.training for m in model.modules()):
+            model.eval()
         yield caps
 
 

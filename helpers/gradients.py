@@ -52,9 +52,11 @@ __all__ = [
 BASELINES = ("black", "blur", "noise")
 _REDUCE = ("sum", "max")
 # A batch of path points / noisy copies holds about this many pixels (times 3 channels) when
-# ``batch_size=None``: 64 images of 128 x 128, 20 of 224 x 224, 11 of 299 x 299 (VGG16 needs about
-# 2 GB for 20 images; on a CPU, batches of 64 small images run a third faster than batches of 32).
-_AUTO_BATCH_PIXELS = 2 ** 20
+# ``batch_size=None``: 8 images of 224 x 224, 24 of 128 x 128, 4 of 299 x 299. Measured on 2 CPU
+# threads (tests/benchmarks): the time per image of a forward + backward pass falls up to about
+# this size and rises again beyond it (VGG16: 0.23 s at 1 to 8 images, 0.28 s at 16, 0.33 s at
+# 32), and VGG16 needs under 1 GB for it.
+_AUTO_BATCH_PIXELS = 8 * 224 * 224
 
 
 # --------------------------------------------------------------------------------------------
@@ -338,8 +340,8 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, baselin
     completeness axiom its sum is close to ``F(x) - F(x')`` (the class score, before softmax).
     ``baseline`` x': ``None``/``"black"``, ``"blur"``, ``"noise"`` or a tensor (see
     :func:`make_baseline`). The ``N * steps`` path points are batched,
-    ``batch_size`` of them per forward/backward pass (``None``: as many as about 64 images of
-    128 x 128 pixels); a progress bar shows when it takes more than two seconds.
+    ``batch_size`` of them per forward/backward pass (``None``: as many as about 8 images of
+    224 x 224 pixels); a progress bar shows when it takes more than two seconds.
     ``target=None`` explains the class predicted for ``x`` (one extra forward pass).
     """
     fn = "integrated_gradients"
