@@ -512,25 +512,27 @@ class Cached:
 
     def gradients(self, target) -> torch.Tensor:
         """``dy^c/dA`` for each map ``[M, K, h, w]``: only the part after the layer runs (backward)."""
+        return self._A_and_gradients(target)[1]
+
+    def _A_and_gradients(self, target):
         image, classes = _plan(self.model, self.x, target)
         (g,) = _class_gradients(self.logits, [self.activations], image, classes, retain_graph=True)
-        return g.detach()
-
-    def _A(self, target):
-        image, _ = _plan(self.model, self.x, target)
-        return self.activations.detach()[image.to(self.activations.device)]
+        A = self.activations.detach()
+        if len(image) != len(A) or image[-1] != len(A) - 1:   # not simply one map per image
+            A = A[image.to(A.device)]
+        return A, g.detach()
 
     def grad_cam(self, target, counterfactual: bool = False) -> torch.Tensor:
         """Grad-CAM ``[M, H, W]`` for ``target`` (:func:`grad_cam_map`); equals :func:`grad_cam`."""
-        return to_heatmap(grad_cam_map(self._A(target), self.gradients(target), counterfactual), self.size)
+        return to_heatmap(grad_cam_map(*self._A_and_gradients(target), counterfactual), self.size)
 
     def grad_cam_pp(self, target) -> torch.Tensor:
         """Grad-CAM++ ``[M, H, W]`` for ``target``; equals :func:`grad_cam_pp`."""
-        return to_heatmap(grad_cam_pp_map(self._A(target), self.gradients(target)), self.size)
+        return to_heatmap(grad_cam_pp_map(*self._A_and_gradients(target)), self.size)
 
     def layer_cam(self, target) -> torch.Tensor:
         """LayerCAM ``[M, H, W]`` for ``target``; equals :func:`layer_cam`."""
-        return to_heatmap(layer_cam_map(self._A(target), self.gradients(target)), self.size)
+        return to_heatmap(layer_cam_map(*self._A_and_gradients(target)), self.size)
 
     def cam(self, target) -> torch.Tensor:
         """CAM ``[M, H, W]`` for ``target`` (GAP architectures only); equals :func:`cam`."""

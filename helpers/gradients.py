@@ -51,12 +51,15 @@ __all__ = [
 #: The named baselines of :func:`make_baseline` (and of ``integrated_gradients(baseline=...)``).
 BASELINES = ("black", "blur", "noise")
 _REDUCE = ("sum", "max")
-# A batch of path points / noisy copies holds about this many pixels (times 3 channels) when
-# ``batch_size=None``: 8 images of 224 x 224, 24 of 128 x 128, 4 of 299 x 299. Measured on 2 CPU
-# threads (tests/benchmarks): the time per image of a forward + backward pass falls up to about
-# this size and rises again beyond it (VGG16: 0.23 s at 1 to 8 images, 0.28 s at 16, 0.33 s at
-# 32), and VGG16 needs under 1 GB for it.
-_AUTO_BATCH_PIXELS = 8 * 224 * 224
+# ``batch_size=None``: how many path points / noisy copies go through one forward/backward pass.
+# On a CPU, 8 images (fewer above 224 x 224 pixels: at most 8 * 224 * 224 pixels a batch).
+# Measured on 2 threads (tests/benchmarks): the time per image of a forward + backward pass falls
+# up to about 8 images and rises beyond (VGG16: 0.23 s at 1 to 8 images, 0.28 s at 16, 0.33 s at
+# 32; ShapesNet: 2.0 ms at 8, 3 to 6 ms at 16 to 64), so larger batches only cost memory there.
+# On a GPU, larger batches keep the device busy: about 2 ** 20 pixels (64 images of 128 x 128,
+# 20 of 224 x 224; VGG16 needs about 2 GB for 20).
+_CPU_BATCH, _CPU_BATCH_PIXELS = 8, 8 * 224 * 224
+_GPU_BATCH_PIXELS = 2 ** 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,7 +131,10 @@ def _check_objective(model, n: int, target, layer, channel, reduce: str, fn: str
 
 def _batch_size(batch_size, x: torch.Tensor, fn: str) -> int:
     if batch_size is None:
-        return max(1, _AUTO_BATCH_PIXELS // (x.shape[-1] * x.shape[-2]))
+        pixels = x.shape[-1] * x.shape[-2]
+        if x.device.type == "cpu":
+            return max(1, min(_CPU_BATCH, _CPU_BATCH_PIXELS // pixels))
+        return max(1, _GPU_BATCH_PIXELS // pixels)
     return _check_int(batch_size, "batch_size", fn)
 
 
@@ -340,8 +346,8 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, baselin
     completeness axiom its sum is close to ``F(x) - F(x')`` (the class score, before softmax).
     ``baseline`` x': ``None``/``"black"``, ``"blur"``, ``"noise"`` or a tensor (see
     :func:`make_baseline`). The ``N * steps`` path points are batched,
-    ``batch_size`` of them per forward/backward pass (``None``: as many as about 8 images of
-    224 x 224 pixels); a progress bar shows when it takes more than two seconds.
+    ``batch_size`` of them per forward/backward pass (``None``: 8 on a CPU, fewer for images
+    over 224 x 224 pixels; about 2 ** 20 pixels a batch on a GPU); a progress bar shows when it takes more than two seconds.
     ``target=None`` explains the class predicted for ``x`` (one extra forward pass).
     """
     fn = "integrated_gradients"

@@ -75,3 +75,49 @@ def test_student_version_fails_its_check(chapter, tmp_path):
 
 def c_src(cell):
     return cell.source if isinstance(cell.source, str) else "".join(cell.source)
+
+
+# Typical mistakes a student makes, each written into the chapter's solution: the check that
+# follows the assignment must catch every one of them (an AssertionError in the check cell),
+# else the check would pass a wrong implementation.
+MISTAKES = {
+    "02 softmax": ("02", "logits = model(x)", "logits = torch.softmax(model(x), 1)",
+                   "gradient of the probability instead of the class score"),
+    "03 no abs": ("03", "grad.abs().amax(dim=1)", "grad.amax(dim=1)", "signed maximum instead of |gradient|"),
+    "04 plain": ("04", "return g * (out > 0) * (g > 0)", "return g * (out > 0)",
+                 "the plain ReLU gradient instead of the guided rule"),
+    "07 last point": ("07", "grads.mean(dim=0, keepdim=True)", "grads[-1:]",
+                      "the gradient at x alone instead of the path average"),
+    "08 variance": ("08", "return noise * (", "return noise ** 2 * (",
+                    "the noise level used as a variance instead of a standard deviation"),
+    "09 no activation": ("09", "return a * c", "return c", "relevance without the activation factor"),
+    "11 abs": ("11", "g.mean(dim=(1, 2))", "g.abs().mean(dim=(1, 2))", "mean of |gradient| as weights"),
+    "13 grad-cam weights": ("13", "denominator = 2 * g2 +", "denominator = g2 +",
+                            "a wrong factor in the Grad-CAM++ denominator"),
+    "14 no baseline": ("14", "return p - base", "return p", "scores without the baseline subtracted"),
+    "15 signed": ("15", "F.relu(g) * A", "g * A", "signed gradients instead of their positive part"),
+    "21 wrong way": ("21", "p = p - step_size * g.sign()", "p = p + step_size * g.sign()",
+                     "steps that raise the loss of the target class"),
+    "24 tolerance": ("24", "<= tolerance ** 2", "<= tolerance", "the tolerance compared with a squared distance"),
+}
+
+
+@pytest.mark.parametrize("case", list(MISTAKES), ids=lambda k: k.replace(" ", "-"))
+def test_check_catches_a_typical_mistake(case, tmp_path):
+    number, old, new, what = MISTAKES[case]
+    (chapter,) = [p for p in CHAPTERS if p.name.startswith(number)]
+    nb = nbformat.read(chapter, as_version=4)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    (cell,) = [i for i in code if any(old in r for r in assignments.solutions(c_src(nb.cells[i])))]
+    src = c_src(nb.cells[cell])
+    assert src.count(old) == 1, f"{old!r} must occur once in the solution cell"
+    nb.cells[cell].source = src.replace(old, new)
+    check = next(i for i in code if i > cell)
+    nb.cells = nb.cells[:check + 1]
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}})
+    with pytest.raises(CellExecutionError) as e:
+        client.execute()
+    errors = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+    assert errors and errors[0] in (cell, check), f"failed at cell {errors[0]}, not in the check ({what})"
+    assert "AssertionError" in str(e.value), f"the check did not reject {what}: {str(e.value)[-300:]}"

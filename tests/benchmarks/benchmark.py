@@ -77,6 +77,46 @@ def floor_fn(model, x, target):
     return run
 
 
+def cam_floor_fns(model, x, target, other, layer):
+    """Bare-torch references for Grad-CAM: a forward whose graph starts at ``layer`` (its output made
+    a leaf, as the helper does) and one backward from the target scores to that leaf; and, on a
+    graph kept from one such forward, the backward alone for another class (re-targeting). What
+    the helper adds on top of these is its overhead; these themselves are the physics."""
+    module = models.layer(model, layer)
+    leaf = {}
+
+    def as_leaf(_m, _i, out):
+        leaf["A"] = out.detach().requires_grad_(True)
+        return leaf["A"].clone()
+
+    index = torch.arange(len(x), device=x.device)
+    kept = {}
+
+    def run():
+        with hooks.frozen(model):
+            h = module.register_forward_hook(as_leaf)
+            try:
+                logits = model(x)
+            finally:
+                h.remove()
+            torch.autograd.grad(logits[index, target].sum(), leaf["A"])
+
+    with hooks.frozen(model):
+        h = module.register_forward_hook(as_leaf)
+        try:
+            kept["logits"] = model(x)
+        finally:
+            h.remove()
+        kept["A"] = leaf["A"]
+    o = torch.tensor(other, device=x.device)
+
+    def retarget():
+        torch.autograd.grad(kept["logits"][index, o].sum(), kept["A"], retain_graph=True)
+
+    return {"grad_cam floor: fwd + bwd to the layer (bare torch)": run,
+            "re-target floor: bwd to the layer (bare torch)": retarget}
+
+
 def forward_fn(model, x):
     def run():
         with torch.no_grad():
@@ -146,6 +186,7 @@ def measure(name: str, batch: int, device, rounds: int, n: int, score_cam: bool)
         f"smoothgrad (n={n})": lambda: gradients.smoothgrad(model, x, t, samples=n, progress=False),
         "grad_cam": lambda: cam.grad_cam(model, x, t, last),
         "grad_cam re-target (cached)": lambda: cached.grad_cam(other),
+        **cam_floor_fns(model, x, target, other, last),
         "grad_cam_pp": lambda: cam.grad_cam_pp(model, x, t, last),
         "layer_cam": lambda: cam.layer_cam(model, x, t, last),
         "guided_grad_cam": lambda: cam.guided_grad_cam(model, x, t, last),
