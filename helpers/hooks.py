@@ -186,8 +186,12 @@ class _ReLU(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x, rule):
-        out = x.clamp(min=0)
+    def forward(ctx, x, rule, inplace=False):
+        if inplace:          # what the network asked for (ResNet's ReLU(inplace=True)): no new tensor
+            out = x.clamp_(min=0)
+            ctx.mark_dirty(x)
+        else:
+            out = x.clamp(min=0)
         ctx.save_for_backward(out)
         ctx.rule = rule
         return out
@@ -198,10 +202,10 @@ class _ReLU(torch.autograd.Function):
         # threshold_backward(g, out, 0) is ``g * [out > 0]`` in one kernel (what torch's own ReLU
         # uses); the guided rule clamps g first, so it costs two passes over g instead of four.
         if ctx.rule == "guided":
-            return torch.ops.aten.threshold_backward(g.clamp(min=0), out, 0), None
+            return torch.ops.aten.threshold_backward(g.clamp(min=0), out, 0), None, None
         if ctx.rule == "deconvnet":
-            return g.clamp(min=0), None
-        return torch.ops.aten.threshold_backward(g, out, 0), None
+            return g.clamp(min=0), None, None
+        return torch.ops.aten.threshold_backward(g, out, 0), None, None
 
 
 class ReLURule:
@@ -211,9 +215,12 @@ class ReLURule:
         self.rule = rule
         self.calls = 0
 
-    def relu(self, input, inplace=False):  # signature of F.relu; the result is always a new tensor
+    def relu(self, input, inplace=False):  # signature of F.relu
+        """The rule's ReLU; in place where the caller asked for it and autograd allows it (not on a
+        leaf that requires grad), as the network's own ReLU would be: the same memory traffic."""
         self.calls += 1
-        return _ReLU.apply(input, self.rule)
+        inplace = bool(inplace) and not (input.is_leaf and input.requires_grad)
+        return _ReLU.apply(input, self.rule, inplace)
 
 
 @contextlib.contextmanager
@@ -233,10 +240,13 @@ def relu_rule(model: nn.Module, rule: str = "guided"):
     def method(self):
         return handle.relu(self)
 
-    patches = [(F, "relu", handle.relu), (F, "relu_", lambda input: handle.relu(input)),
+    def method_(self):
+        return handle.relu(self, inplace=True)
+
+    patches = [(F, "relu", handle.relu), (F, "relu_", lambda input: handle.relu(input, inplace=True)),
                (torch, "relu", lambda input: handle.relu(input)),
-               (torch, "relu_", lambda input: handle.relu(input)),
-               (torch.Tensor, "relu", method), (torch.Tensor, "relu_", method)]
+               (torch, "relu_", lambda input: handle.relu(input, inplace=True)),
+               (torch.Tensor, "relu", method), (torch.Tensor, "relu_", method_)]
     saved = [(obj, attr, obj.__dict__.get(attr, _MISSING)) for obj, attr, _ in patches]
     with preserved(model):
         try:

@@ -95,6 +95,36 @@ def test_relu_rule_changes_googlenet_input_gradient_and_restores_everything():
     assert snapshot(g) == before
 
 
+@pytest.mark.parametrize("rule", ["plain", "guided", "deconvnet"])
+def test_relu_rule_keeps_the_in_place_contract(rule):
+    """In place where the caller asks for it (no extra tensor, as the network's own ReLU), never on
+    a leaf that requires grad, and ``relu_`` called for its side effect still changes the tensor."""
+    torch.manual_seed(0)
+    with hooks.relu_rule(ModuleNet(), rule):
+        a = torch.randn(4, 5)
+        b = a.clone()
+        out = F.relu(b, inplace=True)
+        assert out.data_ptr() == b.data_ptr() and torch.equal(b, a.clamp(min=0))
+        c = a.clone()
+        torch.relu_(c)
+        assert torch.equal(c, a.clamp(min=0))
+        d = a.clone()
+        d.relu_()
+        assert torch.equal(d, a.clamp(min=0))
+        e = a.clone()
+        assert torch.equal(F.relu(e), a.clamp(min=0)) and torch.equal(e, a)   # not in place: e unchanged
+        leaf = a.clone().requires_grad_(True)
+        y = F.relu(leaf, inplace=True)                  # a leaf cannot change in place: a new tensor
+        assert y.data_ptr() != leaf.data_ptr() and torch.equal(leaf.detach(), a)
+        src = a.clone().requires_grad_(True)
+        up = torch.randn(4, 5)
+        y = F.relu(src * 1.0, inplace=True) * 2.0       # in place inside a graph: the gradient by the rule
+        (g,) = torch.autograd.grad(y, src, up)
+        expected = {"plain": 2 * up * (a > 0), "guided": 2 * up * (a > 0) * (up > 0),
+                    "deconvnet": 2 * up * (up > 0)}[rule]
+        assert torch.equal(g, expected)
+
+
 def test_relu_rule_restores_after_exception_and_rejects_unknown_rule():
     net = ModuleNet()
     before = snapshot(net)
