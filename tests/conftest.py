@@ -17,6 +17,13 @@ if str(ROOT) not in sys.path:
 
 collect_ignore = ["benchmarks"]
 
+# The tests that execute notebooks with nbclient (tests/test_assignments.py) get the same guard as
+# the book build against a missed wake-up that would stall a cell until its timeout.
+sys.path.insert(0, str(ROOT / "book" / "_ext"))
+import kernel_wakeup  # noqa: E402
+
+kernel_wakeup.install()
+
 
 def pytest_addoption(parser):
     parser.addoption("--built-book", default=None,

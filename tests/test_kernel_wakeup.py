@@ -44,10 +44,20 @@ def channel(ready_after):
 
 @pytest.fixture(autouse=True)
 def patched(monkeypatch):
-    monkeypatch.setattr(AsyncZMQSocketChannel, "get_msg", AsyncZMQSocketChannel.get_msg)
+    kernel_wakeup.install()                   # (conftest.py has installed it already)
+    unpatched = kernel_wakeup.original
+    assert unpatched is not None and not getattr(unpatched, "_sliced", False)
+    monkeypatch.setattr(AsyncZMQSocketChannel, "get_msg", unpatched)
     monkeypatch.setattr(kernel_wakeup, "SLICE_S", 0.05)
-    assert kernel_wakeup.install() and kernel_wakeup.install()   # idempotent
+    assert kernel_wakeup.install() and kernel_wakeup.install()   # patches, and is idempotent
     assert AsyncZMQSocketChannel.get_msg._sliced
+
+
+def test_without_the_patch_a_missed_wakeup_waits_the_whole_timeout():
+    ch = channel(ready_after=0.05)
+    t0 = time.monotonic()
+    assert asyncio.run(kernel_wakeup.original(ch, timeout=0.5)) == {"msg": "reply"}
+    assert time.monotonic() - t0 >= 0.45      # the bug this guards against, in the fake socket
 
 
 def test_a_missed_wakeup_costs_one_slice_not_the_whole_timeout():

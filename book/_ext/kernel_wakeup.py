@@ -17,6 +17,7 @@ import time
 from queue import Empty
 
 SLICE_S = 1.0
+original = None  # jupyter_client's own get_msg, once replaced
 
 
 def install() -> bool:
@@ -27,6 +28,8 @@ def install() -> bool:
         return False
     if getattr(AsyncZMQSocketChannel.get_msg, "_sliced", False):
         return True
+    global original
+    original = AsyncZMQSocketChannel.get_msg
 
     async def get_msg(self, timeout: float | None = None):
         """Get a message if there is one that is ready, waiting at most ``timeout`` seconds."""
