@@ -194,7 +194,8 @@ def _rule_gradient(model, x, target, rule, layer, channel, reduce, fn) -> torch.
     x = _check_x(model, x, fn)
     checked = _check_objective(model, len(x), target, layer, channel, reduce, fn)
     with hooks.frozen(model):
-        rules = hooks.relu_rule(model, rule) if rule != "plain" else contextlib.nullcontext()
+        # (frozen restores the model; relu_functions only switches torch's ReLU functions)
+        rules = hooks.relu_functions(rule) if rule != "plain" else contextlib.nullcontext()
         with rules:
             grad = _input_gradient(model, x, checked, layer, channel, reduce)
     return grad.cpu()

@@ -175,37 +175,28 @@ def forward_to(model: nn.Module, x: torch.Tensor, layer) -> torch.Tensor:
 RULES = ("plain", "guided", "deconvnet")
 
 
-class _ReLU(torch.autograd.Function):
-    """ReLU whose backward pass follows one of three rules.
+def _positive(g: torch.Tensor) -> torch.Tensor:
+    """The guided rule's gate on the signal from above: keep ``g`` where ``g > 0``."""
+    return g.clamp(min=0)
 
-    Forward: ``out = max(x, 0)``. Backward, with ``g`` the gradient arriving from above:
 
-    * plain:     ``g * [x > 0]``            (the true gradient)
-    * guided:    ``g * [x > 0] * [g > 0]``  (Springenberg et al. 2015)
-    * deconvnet: ``g * [g > 0]``            (Zeiler & Fergus 2014: the ReLU acts on the signal going down)
-    """
+class _DeconvnetReLU(torch.autograd.Function):
+    """A ReLU whose backward pass ignores the forward pass: ``g * [g > 0]`` (Zeiler & Fergus 2014,
+    the ReLU acts on the signal going down). Forward: ``max(x, 0)``, in place if asked."""
 
     @staticmethod
-    def forward(ctx, x, rule, inplace=False):
+    def forward(ctx, x, inplace=False):
         if inplace:          # what the network asked for (ResNet's ReLU(inplace=True)): no new tensor
-            out = x.clamp_(min=0)
             ctx.mark_dirty(x)
-        else:
-            out = x.clamp(min=0)
-        ctx.save_for_backward(out)
-        ctx.rule = rule
-        return out
+            return x.clamp_(min=0)
+        return x.clamp(min=0)
 
     @staticmethod
     def backward(ctx, g):
-        (out,) = ctx.saved_tensors
-        # threshold_backward(g, out, 0) is ``g * [out > 0]`` in one kernel (what torch's own ReLU
-        # uses); the guided rule clamps g first, so it costs two passes over g instead of four.
-        if ctx.rule == "guided":
-            return torch.ops.aten.threshold_backward(g.clamp(min=0), out, 0), None, None
-        if ctx.rule == "deconvnet":
-            return g.clamp(min=0), None, None
-        return torch.ops.aten.threshold_backward(g, out, 0), None, None
+        return g.clamp(min=0), None
+
+
+_native_relu, _native_relu_ = torch._C._VariableFunctions.relu, torch._C._VariableFunctions.relu_
 
 
 class ReLURule:
@@ -216,11 +207,23 @@ class ReLURule:
         self.calls = 0
 
     def relu(self, input, inplace=False):  # signature of F.relu
-        """The rule's ReLU; in place where the caller asked for it and autograd allows it (not on a
-        leaf that requires grad), as the network's own ReLU would be: the same memory traffic."""
+        """The ReLU under the rule. The forward pass is always ``max(x, 0)`` (in place where the
+        caller asked for it, as the network's own ReLU; never on a leaf that requires grad).
+        With ``g`` the signal arriving from above, the backward pass gives
+
+        * plain:     ``g * [x > 0]``            the true gradient: torch's own ReLU
+        * guided:    ``g * [x > 0] * [g > 0]``  torch's own ReLU, whose backward is given ``g * [g > 0]``
+                                                by a hook on its output (Springenberg et al. 2015)
+        * deconvnet: ``g * [g > 0]``            a backward of its own that ignores ``x`` (Zeiler & Fergus 2014)
+        """
         self.calls += 1
         inplace = bool(inplace) and not (input.is_leaf and input.requires_grad)
-        return _ReLU.apply(input, self.rule, inplace)
+        if self.rule == "deconvnet":
+            return _DeconvnetReLU.apply(input, inplace)
+        out = _native_relu_(input) if inplace else _native_relu(input)
+        if self.rule == "guided" and out.requires_grad:
+            out.register_hook(_positive)
+        return out
 
 
 @contextlib.contextmanager
@@ -233,6 +236,15 @@ def relu_rule(model: nn.Module, rule: str = "guided"):
     The forward pass is unchanged. The model (hooks, ``inplace`` flags, ``requires_grad``, mode)
     and the torch functions are restored on exit, also after an exception.
     """
+    with preserved(model), relu_functions(rule) as handle:
+        yield handle
+
+
+@contextlib.contextmanager
+def relu_functions(rule: str = "guided"):
+    """The part of :func:`relu_rule` that does the work: ``F.relu``, ``torch.relu``, ``Tensor.relu``
+    and their in-place forms follow ``rule`` inside the context and are put back on exit. It takes
+    no snapshot of a model (the helpers call it inside :func:`frozen`, which takes one)."""
     if rule not in RULES:
         raise ValueError(f"unknown ReLU rule {rule!r}; valid rules: {', '.join(RULES)}")
     handle = ReLURule(rule)
@@ -248,17 +260,16 @@ def relu_rule(model: nn.Module, rule: str = "guided"):
                (torch, "relu_", lambda input: handle.relu(input, inplace=True)),
                (torch.Tensor, "relu", method), (torch.Tensor, "relu_", method_)]
     saved = [(obj, attr, obj.__dict__.get(attr, _MISSING)) for obj, attr, _ in patches]
-    with preserved(model):
-        try:
-            for obj, attr, fn in patches:
-                setattr(obj, attr, fn)
-            yield handle
-        finally:
-            for obj, attr, old in saved:
-                if old is _MISSING:
-                    delattr(obj, attr)
-                else:
-                    setattr(obj, attr, old)
+    try:
+        for obj, attr, fn in patches:
+            setattr(obj, attr, fn)
+        yield handle
+    finally:
+        for obj, attr, old in saved:
+            if old is _MISSING:
+                delattr(obj, attr)
+            else:
+                setattr(obj, attr, old)
 
 
 _MISSING = object()
