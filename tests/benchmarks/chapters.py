@@ -66,7 +66,8 @@ def run(path: Path, offline: bool, threads: int, timeout: int) -> tuple:
 
 def run_isolated(path: Path, args) -> tuple:
     """One chapter in a child process of its own, with a hard limit: a fresh client and kernel per
-    chapter (in one long-lived process, a kernel's reply was seen to get lost and the run to hang)."""
+    chapter, so that one chapter that hangs or kills its kernel cannot stop the whole measurement
+    (the lost replies that once stalled cells are handled by ``kernel_wakeup``)."""
     cmd = [sys.executable, __file__, path.name[:2], "--one", "--threads", str(args.threads),
            "--timeout", str(args.timeout)] + (["--offline"] if args.offline else [])
     limit = 4 * GOAL_S
