@@ -115,49 +115,25 @@ def to_heatmap(m: torch.Tensor, size, signed: bool = False) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _captured(model: nn.Module, modules):
-    """``hooks.capture`` of each layer, with the parameters frozen and the model in eval mode inside.
+def _captured(model: nn.Module, modules, leaf: bool = False):
+    """``hooks.capture`` of each layer, inside ``hooks.frozen`` (parameters frozen, eval mode).
 
-    ``hooks.capture`` restores the model when it exits, normally or through an exception (hooks,
-    ``inplace`` flags, ``requires_grad`` and train/eval mode), so the freezing done inside is undone
-    too; one snapshot of the model instead of two keeps Grad-CAM close to a forward pass in cost.
+    One snapshot of the model (the one ``frozen`` takes and restores on exit, normally or through
+    an exception) instead of one per context keeps Grad-CAM close to a forward pass in cost. With
+    ``leaf=True`` the first requested layer that runs hands on a copy of a new leaf ``A`` (see
+    ``hooks.capture``): the forward pass before it builds no graph, and later requested layers
+    stay in the graph, so one backward pass gives every layer's gradient.
     """
-    with contextlib.ExitStack() as stack:
-        caps = [stack.enter_context(hooks.capture(model, m)) for m in modules]
-        for p in model.parameters():
-            if p.requires_grad:
-                p.requires_grad_(False)   # no graph through the weights, no gradient for them
-        if any(m.training for m in model.modules()):
-            model.eval()
-        yield caps
-
-
-@contextlib.contextmanager
-def _leaves(model: nn.Module, modules):
-    """Forward hooks that cut the graph at the first requested layer: the prefix builds no graph.
-
-    Register them *after* ``hooks.capture`` (which finds the layer, refuses a module that runs
-    twice and protects the recorded output from later in-place operations). A requested layer
-    whose output does not require grad (the first one that runs, or one on a parallel branch)
-    hands on a copy of a new leaf ``A`` that does; the leaves are collected in the dict that the
-    context yields (module -> leaf). Later layers stay in the graph, so one backward pass gives
-    every layer's gradient. Removed on exit (the caller also restores the model).
-    """
-    made = {}
-
-    def as_leaf(module, _inputs, out):
-        if isinstance(out, torch.Tensor) and not out.requires_grad:
-            leaf = out.detach().requires_grad_(True)
-            made[module] = leaf
-            return leaf.clone()  # in-place operations after the layer change the copy, not A
-        return None
-
-    handles = [m.register_forward_hook(as_leaf) for m in dict.fromkeys(modules)]
-    try:
-        yield made
-    finally:
-        for h in handles:
-            h.remove()
+    with hooks.frozen(model):
+        caps = []
+        try:
+            for m in modules:
+                caps.append(hooks._capture_hooks(model, m, leaf=leaf))
+            yield caps
+        finally:
+            for cap in caps:
+                for h in cap._handles:
+                    h.remove()
 
 
 def _one_hot(logits: torch.Tensor, image: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
@@ -198,16 +174,13 @@ def _forward_backward(model, x, layers, image, classes, retain_graph=False):
     pass stops at the layers; no weight gradient is computed. Used by Grad-CAM, Grad-CAM++ and
     LayerCAM (chapters 11, 13, 15).
     """
-    with _captured(model, layers) as caps, _leaves(model, layers) as leaves:
-        with torch.enable_grad():
-            logits = _logits(model(x), model)
-            for cap in caps:
-                if cap.activations is None:
-                    raise ValueError(f"layer {cap.name!r} did not run in the forward pass of "
-                                     f"{models.info(model).name}")
-            # differentiate with respect to the leaf where the graph starts, else the recorded output
-            wrt = [leaves.get(cap.module, cap.activations) for cap in caps]
-            grads = _class_gradients(logits, wrt, image, classes, retain_graph)
+    with _captured(model, layers, leaf=True) as caps, torch.enable_grad():
+        logits = _logits(model(x), model)
+        for cap in caps:
+            if cap.activations is None:
+                raise ValueError(f"layer {cap.name!r} did not run in the forward pass of "
+                                 f"{models.info(model).name}")
+        grads = _class_gradients(logits, [cap.activations for cap in caps], image, classes, retain_graph)
     return [cap.activations.detach() for cap in caps], [g.detach() for g in grads], logits
 
 
@@ -499,11 +472,11 @@ class Cached:
         self.x = _input(model, x)
         (module,), _ = _layer_list(model, layer)
         self.layer = models.layer_name(model, module)
-        with _captured(model, [module]) as (cap,), _leaves(model, [module]) as leaves, torch.enable_grad():
+        with _captured(model, [module], leaf=True) as (cap,), torch.enable_grad():
             self.logits = _logits(model(self.x), model)         # its graph back to A is kept
             if cap.activations is None:
                 raise ValueError(f"layer {self.layer!r} did not run in the forward pass")
-        self.activations = leaves[module]                       # A: the leaf  [N, K, h, w]
+        self.activations = cap.activations                      # A: the leaf  [N, K, h, w]
         self._score_cam = {}
 
     @property

@@ -25,13 +25,17 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 def _state(model: nn.Module):
     """A snapshot of what the contexts here may change: per module its mode, ``inplace`` flag and
     the keys of its non-empty hook dicts (hooks added later are removed on restore), and every
-    parameter's ``requires_grad``. Kept lean: it runs on every call of every method."""
-    mods = []
+    parameter's ``requires_grad``. Kept lean, one walk over the modules: it runs on every call of
+    every method, and on a small network at batch 1 a second walk would show in the timings."""
+    mods, params, seen = [], [], set()
     for m in model.modules():
         d = m.__dict__
         hooks = {k: tuple(d[k]) for k in _HOOK_DICTS if d.get(k)}
         mods.append((m, d, d.get("training"), d.get("inplace"), hooks))
-    params = [(p, p.requires_grad) for p in model.parameters()]
+        for p in d["_parameters"].values():
+            if p is not None and id(p) not in seen:     # a shared parameter once
+                seen.add(id(p))
+                params.append((p, p.requires_grad))
     return mods, params
 
 
@@ -69,12 +73,17 @@ def frozen(model: nn.Module, eval_mode: bool = True):
 
     Used while an input is optimised or an input gradient is taken.
     """
-    with preserved(model):
-        for p in model.parameters():
-            p.requires_grad_(False)
-        if eval_mode:
+    state = _state(model)
+    try:
+        mods, params = state
+        for p, requires_grad in params:
+            if requires_grad:
+                p.requires_grad_(False)
+        if eval_mode and any(training for _m, _d, training, _i, _h in mods):
             model.eval()
         yield model
+    finally:
+        _restore(state)
 
 
 # --------------------------------------------------------------------------- capture
@@ -111,18 +120,33 @@ def _enclosing(name: str) -> str:
 
 
 @contextlib.contextmanager
-def capture(model: nn.Module, layer, stop: bool = False):
+def capture(model: nn.Module, layer, stop: bool = False, leaf: bool = False):
     """Record a layer's output (``.activations``) and, after a backward, its gradient (``.gradients``).
 
     ``layer`` is a module or a dotted name. The recorded activations are kept out of reach of
     in-place operations that follow the layer (an in-place ReLU after a conv would otherwise
     overwrite them), so they are what the layer computed. ``cap.grad(score)`` computes the
     gradient of ``score`` with respect to the activations only: the backward pass stops at the
-    layer. With ``stop=True`` the forward pass stops right after the layer (use
+    layer. With ``leaf=True`` an output that carries no graph (the parameters frozen, the input
+    not requiring grad) is recorded as a new leaf that requires grad, and the rest of the network
+    runs on it: the autograd graph then starts at the layer, so nothing before it is recorded
+    (Grad-CAM, chapter 11). With ``stop=True`` the forward pass stops right after the layer (use
     :func:`forward_to`). A module that runs more than once per forward pass (ResNet's shared
     ``relu``) raises ``ValueError``: capture the enclosing block instead.
     """
     module = models.layer(model, layer)
+    with preserved(model):
+        cap = _capture_hooks(model, module, stop=stop, leaf=leaf)
+        try:
+            yield cap
+        finally:
+            for h in cap._handles:
+                h.remove()
+
+
+def _capture_hooks(model: nn.Module, module: nn.Module, stop: bool = False, leaf: bool = False) -> Capture:
+    """The hooks of :func:`capture`, without its snapshot of the model: for callers that already
+    restore the model (inside :func:`frozen`). The caller removes ``cap._handles``."""
     name = models.layer_name(model, module)
     cap = Capture(name=name, module=module)
 
@@ -141,6 +165,8 @@ def capture(model: nn.Module, layer, stop: bool = False):
                 f"is ambiguous; capture the enclosing block instead, e.g. {_enclosing(name)!r}")
         if not isinstance(output, torch.Tensor):
             raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a tensor; choose another layer")
+        if leaf and not output.requires_grad and torch.is_grad_enabled():
+            output = output.detach().requires_grad_(True)     # the graph starts here
         cap.activations = output
         if output.requires_grad:
             output.register_hook(store_grad)
@@ -148,14 +174,9 @@ def capture(model: nn.Module, layer, stop: bool = False):
             raise _StopForward(output)
         return output.clone()  # later in-place ops change the clone, not the recorded tensor
 
-    with preserved(model):
-        cap._handles.append(model.register_forward_pre_hook(reset))
-        cap._handles.append(module.register_forward_hook(record))
-        try:
-            yield cap
-        finally:
-            for h in cap._handles:
-                h.remove()
+    cap._handles.append(model.register_forward_pre_hook(reset))
+    cap._handles.append(module.register_forward_hook(record))
+    return cap
 
 
 def forward_to(model: nn.Module, x: torch.Tensor, layer) -> torch.Tensor:

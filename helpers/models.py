@@ -230,9 +230,11 @@ def layer(model: nn.Module, name) -> nn.Module:
                          f"give one of its layers or a dotted name: {', '.join(_module_names(model))}")
     if not isinstance(name, str):
         raise TypeError(f"a layer is a module or a dotted name, got {type(name).__name__}")
-    modules = dict(model.named_modules())
-    if name in modules and name:
-        return modules[name]
+    if name:
+        try:
+            return model.get_submodule(name)   # follows the dots: no walk over the whole model
+        except AttributeError:
+            pass
     raise ValueError(f"unknown layer {name!r} for {info(model).name}; valid names: "
                      f"{', '.join(_module_names(model))}")
 

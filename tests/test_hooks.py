@@ -159,6 +159,30 @@ def test_capture_activations_and_gradients_with_inplace_relu():
     assert snapshot(v) == before
 
 
+def test_capture_as_leaf_starts_the_graph_at_the_layer():
+    torch.manual_seed(0)
+    net = ModuleNet().eval()
+    x = torch.randn(2, 3, 8, 8)
+    # reference: the full graph from the input, gradient at the layer's output via capture
+    with hooks.capture(net, "c2") as ref:
+        out = net(x.clone().requires_grad_(True))
+        g_ref = ref.grad(out[:, 1].sum())
+    before = snapshot(net)
+    with hooks.frozen(net), hooks.capture(net, "c2", leaf=True) as cap:
+        out = net(x)
+        A = cap.activations
+        assert A.is_leaf and A.requires_grad and A.grad_fn is None   # nothing before c2 recorded
+        g = cap.grad(out[:, 1].sum())
+    assert torch.allclose(g, g_ref, atol=1e-6) and torch.allclose(cap.gradients, g_ref, atol=1e-6)
+    # the in-place ReLU after c2 changed the copy handed on, not the recorded output
+    assert A.min() < 0 and torch.allclose(A, net.c2(torch.relu(net.c1(x))), atol=1e-6)
+    assert snapshot(net) == before
+    # under no_grad there is no graph to start: the output is recorded as it is
+    with torch.no_grad(), hooks.capture(net, "c2", leaf=True) as cap:
+        net(x)
+    assert not cap.activations.requires_grad
+
+
 def test_capture_restores_model_when_body_raises():
     net = ModuleNet().train()
     net.c1.weight.requires_grad_(False)

@@ -102,6 +102,10 @@ def test_layer_lookup(archs):
     assert models.layer_name(m, m.layer4[2]) == "layer4.2"
     g = archs["googlenet"]
     assert models.layer(g, "inception4e") is g.inception4e
+    # names that are not modules: a parameter, an attribute, the empty name, a half path
+    for bad in ("layer4.2.conv1.weight", "training", "", "layer4.", ".layer4", "layer4.9"):
+        with pytest.raises(ValueError, match="valid names"):
+            models.layer(m, bad)
 
 
 def test_check_target():
