@@ -196,11 +196,6 @@ def forward_to(model: nn.Module, x: torch.Tensor, layer) -> torch.Tensor:
 RULES = ("plain", "guided", "deconvnet")
 
 
-def _positive(g: torch.Tensor) -> torch.Tensor:
-    """The guided rule's gate on the signal from above: keep ``g`` where ``g > 0``."""
-    return g.clamp(min=0)
-
-
 class _DeconvnetReLU(torch.autograd.Function):
     """A ReLU whose backward pass ignores the forward pass: ``g * [g > 0]`` (Zeiler & Fergus 2014,
     the ReLU acts on the signal going down). Forward: ``max(x, 0)``, in place if asked."""
@@ -218,6 +213,10 @@ class _DeconvnetReLU(torch.autograd.Function):
 
 
 _native_relu, _native_relu_ = torch._C._VariableFunctions.relu, torch._C._VariableFunctions.relu_
+# The guided rule's gate on the signal from above, ``g * [g > 0]``, is a ReLU of the gradient. As the
+# hook, torch's own (built-in) relu costs no Python frame per ReLU in the backward pass, which shows
+# on a small network at batch 1; the patched torch.relu must not be used there.
+_positive = _native_relu
 
 
 class ReLURule:
