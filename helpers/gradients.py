@@ -29,6 +29,7 @@ import contextlib
 import inspect
 import math
 import numbers
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -52,13 +53,17 @@ __all__ = [
 BASELINES = ("black", "blur", "noise")
 _REDUCE = ("sum", "max")
 # ``batch_size=None``: how many path points / noisy copies go through one forward/backward pass.
-# On a CPU, 8 images (fewer above 224 x 224 pixels: at most 8 * 224 * 224 pixels a batch).
-# Measured on 2 threads (tests/benchmarks): the time per image of a forward + backward pass falls
-# up to about 8 images and rises beyond (VGG16: 0.23 s at 1 to 8 images, 0.28 s at 16, 0.33 s at
-# 32; ShapesNet: 2.0 ms at 8, 3 to 6 ms at 16 to 64), so larger batches only cost memory there.
+# On a CPU, up to 8, and fewer where one layer's output for the batch would pass 32 MB. Above
+# that size glibc's allocator (Linux) maps every new tensor freshly from the system and hands it
+# back when freed, so every call pays for page faults again. Measured on 2 threads (tests/
+# benchmarks, integrated gradients, ms per path point at batch 1 / 2 / 4 / 8 / 16):
+# - VGG16 (12.8 MB per image at its first layers): 280 / 261 / 280 / 314 / 391;
+# - ResNet50 (3.2 MB per image): 145 / 121 / 110 / 104 / 159;
+# - ShapesNet (0.5 MB per image): 5.0 / 3.7 / 3.3 / 3.2 / 3.1.
+# That gives batches of 2, 8 and 8 for them.
 # On a GPU, larger batches keep the device busy: about 2 ** 20 pixels (64 images of 128 x 128,
 # 20 of 224 x 224; VGG16 needs about 2 GB for 20).
-_CPU_BATCH, _CPU_BATCH_PIXELS = 8, 8 * 224 * 224
+_CPU_BATCH, _CPU_BATCH_BYTES = 8, 32 * 2 ** 20
 _GPU_BATCH_PIXELS = 2 ** 20
 
 
@@ -129,12 +134,38 @@ def _check_objective(model, n: int, target, layer, channel, reduce: str, fn: str
     return None
 
 
-def _batch_size(batch_size, x: torch.Tensor, fn: str) -> int:
+_largest = weakref.WeakKeyDictionary()   # model -> {(input shape, dtype): bytes}
+
+
+def _largest_output(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the largest output of any layer of ``model`` for one image like ``x[:1]``.
+
+    Found by one forward pass of one image under ``torch.no_grad()`` and remembered per model
+    and input size, so it is paid once (about one forward pass, 0.1 s on VGG16)."""
+    key = (tuple(x.shape[1:]), x.dtype)
+    known = _largest.setdefault(model, {})
+    if key not in known:
+        largest = 0
+
+        def record(_module, _inputs, output):
+            nonlocal largest
+            if isinstance(output, torch.Tensor):
+                largest = max(largest, output.numel() * output.element_size())
+
+        with hooks.frozen(model), torch.no_grad():
+            for m in model.modules():
+                if next(m.children(), None) is None:        # the layers themselves, not blocks
+                    m.register_forward_hook(record)        # (frozen removes them on exit)
+            model(x[:1])
+        known[key] = largest
+    return known[key]
+
+
+def _batch_size(batch_size, model: nn.Module, x: torch.Tensor, fn: str) -> int:
     if batch_size is None:
-        pixels = x.shape[-1] * x.shape[-2]
         if x.device.type == "cpu":
-            return max(1, min(_CPU_BATCH, _CPU_BATCH_PIXELS // pixels))
-        return max(1, _GPU_BATCH_PIXELS // pixels)
+            return max(1, min(_CPU_BATCH, _CPU_BATCH_BYTES // max(1, _largest_output(model, x))))
+        return max(1, _GPU_BATCH_PIXELS // (x.shape[-1] * x.shape[-2]))
     return _check_int(batch_size, "batch_size", fn)
 
 
@@ -347,14 +378,15 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, baselin
     completeness axiom its sum is close to ``F(x) - F(x')`` (the class score, before softmax).
     ``baseline`` x': ``None``/``"black"``, ``"blur"``, ``"noise"`` or a tensor (see
     :func:`make_baseline`). The ``N * steps`` path points are batched,
-    ``batch_size`` of them per forward/backward pass (``None``: 8 on a CPU, fewer for images
-    over 224 x 224 pixels; about 2 ** 20 pixels a batch on a GPU); a progress bar shows when it takes more than two seconds.
+    ``batch_size`` of them per forward/backward pass (``None``: up to 8 on a CPU, fewer where
+    a layer's output for the batch would pass 32 MB, e.g. 2 for VGG16 at 224 x 224; about
+    2 ** 20 pixels a batch on a GPU); a progress bar shows when it takes more than two seconds.
     ``target=None`` explains the class predicted for ``x`` (one extra forward pass).
     """
     fn = "integrated_gradients"
     x = _check_x(model, x, fn)
     steps = _check_int(steps, "steps", fn)
-    bs = _batch_size(batch_size, x, fn)
+    bs = _batch_size(batch_size, model, x, fn)
     n = len(x)
     ref = make_baseline(model, x, baseline, generator=generator)
     with hooks.frozen(model):
@@ -402,7 +434,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
     if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not noise >= 0:
         raise ValueError(f"{fn}: noise is the standard deviation as a fraction of the input range, "
                          f"a number >= 0 (the paper uses 0.1 to 0.2), got {noise!r}")
-    bs = _batch_size(batch_size, x, fn)
+    bs = _batch_size(batch_size, model, x, fn)
     n, dev = len(x), x.device
     with hooks.frozen(model):
         t = _targets_tensor(model, x, target, fn).cpu()

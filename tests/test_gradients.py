@@ -403,6 +403,28 @@ def test_no_extra_forward_passes():
         progress=False)) == [15, 15]
 
 
+def test_default_cpu_batch_keeps_each_layer_output_under_32_mb():
+    # 64 channels at 224 x 224 are 12.8 MB an image, like VGG16's first layers: 2 a batch;
+    # a wide late layer counts as much as an early one; ShapesNet (0.5 MB an image): 8.
+    wide = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(64, 10)).train()
+    before = snapshot(wide)
+    x = torch.zeros(5, 3, 224, 224)
+    assert gradients._batch_size(None, wide, x, "f") == 2
+    assert snapshot(wide) == before and wide.training           # the probe's hooks are gone, mode kept
+    calls = count_forwards(wide, lambda: gradients._batch_size(None, wide, x, "f"))
+    assert calls == []                                          # remembered per model and input size
+    assert gradients._batch_size(None, wide, torch.zeros(1, 3, 64, 64), "f") == 8   # 1 MB an image
+    assert gradients._batch_size(3, wide, x, "f") == 3          # an explicit batch_size wins
+    assert gradients._batch_size(None, shapesnet(), torch.zeros(1, 3, 128, 128), "f") == 8
+    # the default batches give the same integrated gradients as one point at a time
+    xs = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    a = gradients.integrated_gradients(wide, xs, 3, steps=5, progress=False)
+    b = gradients.integrated_gradients(wide, xs, 3, steps=5, batch_size=1, progress=False)
+    assert count_forwards(wide, lambda: gradients.integrated_gradients(wide, xs, 3, steps=5, progress=False)) == [2, 2, 1]
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 def test_gpu_matches_cpu():
     model = copy.deepcopy(shapesnet())
