@@ -389,6 +389,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, baselin
     bs = _batch_size(batch_size, model, x, fn)
     n = len(x)
     ref = make_baseline(model, x, baseline, generator=generator)
+    delta = x - ref                                   # x - x': the path's direction
     with hooks.frozen(model):
         t = _targets_tensor(model, x, target, fn)
         alphas = torch.arange(1, steps + 1, device=x.device, dtype=x.dtype) / steps
@@ -397,10 +398,10 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, baselin
             for start in range(0, n * steps, bs):
                 j = torch.arange(start, min(start + bs, n * steps), device=x.device)
                 i, k = j // steps, j % steps  # image, step of every path point in this batch
-                points = ref[i] + alphas[k].view(-1, 1, 1, 1) * (x[i] - ref[i])
+                points = torch.addcmul(ref[i], alphas[k].view(-1, 1, 1, 1), delta[i])  # x' + k/m (x - x')
                 total.index_add_(0, i, _input_gradient(model, points, t[i]))
                 bar.update(len(j))
-    return ((x - ref) * total / steps).cpu()
+    return (delta * total / steps).cpu()
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,7 +448,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
         else:
             eps = torch.randn(shape, device=dev, dtype=x.dtype)
         i = i.to(dev)
-        return x[i] + sigma[i].view(-1, 1, 1, 1) * eps
+        return torch.addcmul(x[i], sigma[i].view(-1, 1, 1, 1), eps)   # x + sigma * eps
 
     params = inspect.signature(method).parameters
     if "batch_size" in params:  # the method batches its own work (integrated gradients)
