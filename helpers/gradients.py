@@ -398,7 +398,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, baselin
             for start in range(0, n * steps, bs):
                 j = torch.arange(start, min(start + bs, n * steps), device=x.device)
                 i, k = j // steps, j % steps  # image, step of every path point in this batch
-                points = torch.addcmul(ref[i], alphas[k].view(-1, 1, 1, 1), delta[i])  # x' + k/m (x - x')
+                points = ref[i] + alphas[k].view(-1, 1, 1, 1) * delta[i]   # x' + k/m (x - x')
                 total.index_add_(0, i, _input_gradient(model, points, t[i]))
                 bar.update(len(j))
     return (delta * total / steps).cpu()
@@ -448,7 +448,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
         else:
             eps = torch.randn(shape, device=dev, dtype=x.dtype)
         i = i.to(dev)
-        return torch.addcmul(x[i], sigma[i].view(-1, 1, 1, 1), eps)   # x + sigma * eps
+        return x[i] + sigma[i].view(-1, 1, 1, 1) * eps
 
     params = inspect.signature(method).parameters
     if "batch_size" in params:  # the method batches its own work (integrated gradients)
