@@ -55,8 +55,9 @@ _REDUCE = ("sum", "max")
 # ``batch_size=None``: how many path points / noisy copies go through one forward/backward pass.
 # On a CPU, up to 8, and fewer where one layer's output for the batch would pass 32 MB. Above
 # that size glibc's allocator (Linux) maps every new tensor freshly from the system and hands it
-# back when freed, so every call pays for page faults again. Measured on 2 threads (tests/
-# benchmarks, integrated gradients, ms per path point at batch 1 / 2 / 4 / 8 / 16):
+# back when freed, so every call pays for page faults again. Measured on 2 threads on
+# 2026-12-05 (integrated_gradients with 16 steps and batch_size = 1 / 2 / 4 / 8 / 16, ms per
+# path point; not part of tests/benchmarks, which runs the default):
 # - VGG16 (12.8 MB per image at its first layers): 280 / 261 / 280 / 314 / 391;
 # - ResNet50 (3.2 MB per image): 145 / 121 / 110 / 104 / 159;
 # - ShapesNet (0.5 MB per image): 5.0 / 3.7 / 3.3 / 3.2 / 3.1.
