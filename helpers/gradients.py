@@ -146,19 +146,10 @@ def _largest_output(model: nn.Module, x: torch.Tensor) -> int:
     key = (tuple(x.shape[1:]), x.dtype)
     known = _largest.setdefault(model, {})
     if key not in known:
-        largest = 0
-
-        def record(_module, _inputs, output):
-            nonlocal largest
-            if isinstance(output, torch.Tensor):
-                largest = max(largest, output.numel() * output.element_size())
-
-        with hooks.frozen(model), torch.no_grad():
-            for m in model.modules():
-                if next(m.children(), None) is None:        # the layers themselves, not blocks
-                    m.register_forward_hook(record)        # (frozen removes them on exit)
-            model(x[:1])
-        known[key] = largest
+        layers = [m for m in model.modules() if next(m.children(), None) is None]   # not blocks
+        seen = models._probe(model, layers, x[:1].detach())    # eval, no_grad; model restored
+        known[key] = max((math.prod(shape) * dtype.itemsize
+                          for calls in seen.values() for shape, dtype in calls), default=0)
     return known[key]
 
 

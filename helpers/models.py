@@ -250,26 +250,47 @@ def layer_name(model: nn.Module, module) -> str:
     raise ValueError(f"the module {type(module).__name__} is not part of this model")
 
 
-def _forward_order(model: nn.Module, kinds) -> list:
-    """Names of modules of the given kinds in the order a forward pass runs them."""
-    names = {m: n for n, m in model.named_modules() if isinstance(m, kinds)}
-    order: list = []
-    handles = [m.register_forward_hook(lambda m, i, o: order.append(names[m]) if names[m] not in order else None)
-               for m in names]
+def _probe(model: nn.Module, modules, x: torch.Tensor | None = None) -> dict:
+    """What each of ``modules`` outputs in one forward pass: ``{module: [(shape, dtype), ...]}``.
+
+    One call per entry, in the order the calls happened (a module that runs more than once, like
+    ResNet's shared ``relu``, has several); the dict lists the modules in the order of their first
+    call, and a module that did not run is absent. The pass runs in eval mode under
+    ``torch.no_grad()`` on ``x`` (default: one black image of side :func:`_probe_size`); the
+    model's mode is restored and the probe's hooks removed on exit, also on error. The one
+    shape-finding pass behind :func:`conv_layers`, :func:`channels`, :func:`describe` and the
+    memory-aware batch of ``helpers.gradients``.
+    """
+    seen: dict = {}
+
+    def record(m, _inputs, out):
+        if isinstance(out, torch.Tensor):
+            seen.setdefault(m, []).append((tuple(out.shape), out.dtype))
+
+    handles = [m.register_forward_hook(record) for m in modules]
     was_training = model.training
     try:
+        if x is None:
+            size = _probe_size(model)
+            p = next(model.parameters())
+            x = torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype)
         model.eval()
-        size = _probe_size(model)
-        p = next(model.parameters())
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
-    except Exception:
-        order = [n for n, m in model.named_modules() if isinstance(m, kinds)]
+            model(x)
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return order
+    return seen
+
+
+def _forward_order(model: nn.Module, kinds) -> list:
+    """Names of modules of the given kinds in the order a forward pass runs them."""
+    names = {m: n for n, m in model.named_modules() if isinstance(m, kinds)}
+    try:
+        return [names[m] for m in _probe(model, names)]
+    except Exception:
+        return list(names.values())
 
 
 def conv_layers(model: nn.Module) -> list:
@@ -284,19 +305,8 @@ def channels(model: nn.Module, name) -> int:
         return module.out_channels
     if isinstance(module, nn.Linear):
         return module.out_features
-    out = {}
-    h = module.register_forward_hook(lambda m, i, o: out.update(shape=o.shape))
-    was_training = model.training
-    try:
-        model.eval()
-        size = _probe_size(model)
-        p = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
-    finally:
-        h.remove()
-        model.train(was_training)
-    return int(out["shape"][1])
+    (shape, _dtype), *_ = _probe(model, [module])[module]
+    return int(shape[1])
 
 
 def last_conv_layer(model: nn.Module) -> str:
@@ -335,17 +345,8 @@ def predict(model: nn.Module, x: torch.Tensor, k: int = 5):
 def describe(model: nn.Module, names: Sequence[str] | None = None) -> list:
     """(name, type, output shape) for each conv layer (or the given layers), from one forward pass."""
     names = list(names) if names is not None else conv_layers(model)
-    shapes_ = {}
-    handles = [layer(model, n).register_forward_hook(
-        lambda m, i, o, n=n: shapes_.update({n: tuple(o.shape[1:])})) for n in names]
-    was_training = model.training
-    try:
-        size = info(model).input_size
-        p = next(model.parameters())
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, 3, size, size, device=p.device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return [(n, type(layer(model, n)).__name__, shapes_.get(n)) for n in names]
+    modules = [layer(model, n) for n in names]
+    p = next(model.parameters())
+    size = info(model).input_size
+    seen = _probe(model, modules, torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype))
+    return [(n, type(m).__name__, seen[m][0][0][1:] if m in seen else None) for n, m in zip(names, modules)]

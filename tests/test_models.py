@@ -131,3 +131,27 @@ def test_predict_is_consistent_with_the_logits():
     assert len(top) == 3 and top[0][2] >= top[1][2] >= top[2][2]
     assert top[0][0] == int(m(x).argmax()) and top[0][1] == models.class_names(m)[top[0][0]]
     assert s.labels[0] == top[0][0]  # ShapesNet gets this easy scene right
+
+
+def test_probe_records_every_call_in_order_and_restores_the_model(archs):
+    """The one shape-finding forward pass behind conv_layers, channels, describe and the gradients'
+    memory-aware batch: every call of a shared module, first-call order, the model as it was."""
+    m = archs["resnet50"].train()
+    try:
+        before = {k: dict(getattr(mod, k)) for mod in m.modules() for k in ("_forward_hooks",)}
+        wanted = [m.layer4, m.relu, m.conv1]                   # asked out of forward order
+        seen = models._probe(m, wanted, torch.zeros(1, 3, 64, 64))
+        assert list(seen) == [m.conv1, m.relu, m.layer4]       # the order the forward pass ran them
+        assert seen[m.conv1] == [((1, 64, 32, 32), torch.float32)]
+        assert len(seen[m.relu]) == 1                          # the stem's relu (blocks have their own)
+        assert seen[m.layer4] == [((1, 2048, 2, 2), torch.float32)]
+        shared = m.layer1[0].relu                              # runs three times in its block
+        assert [s for s, _ in models._probe(m, [shared])[shared]] == [
+            (1, 64, 28, 28), (1, 64, 28, 28), (1, 256, 28, 28)]   # default side 112
+        assert m.training                                      # mode restored
+        with pytest.raises(RuntimeError):                      # a failing pass: hooks gone, mode back
+            models._probe(m, [m.conv1], torch.zeros(1, 4, 64, 64))
+        assert m.training
+        assert {k: dict(getattr(mod, k)) for mod in m.modules() for k in ("_forward_hooks",)} == before
+    finally:
+        m.eval()
