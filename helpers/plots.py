@@ -120,6 +120,16 @@ def _as_displayable(img):
     return a
 
 
+def _aspect(img) -> float:
+    """Height / width of a picture as :func:`grid` draws it (kept within 1/4 and 4)."""
+    a = _as_displayable(img)
+    return min(4.0, max(0.25, a.shape[0] / a.shape[1])) if a.ndim >= 2 and a.shape[1] else 1.0
+
+
+_DIVERGING = {"coolwarm", "bwr", "seismic", "RdBu", "RdBu_r", "PiYG", "PRGn", "BrBG", "PuOr", "RdGy",
+              "RdYlBu", "RdYlGn", "Spectral", "coolwarm_r", "bwr_r", "seismic_r"}
+
+
 def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: float = 2.4,
          cmap: str = "inferno", suptitle: str | None = None, colorbar: bool = False):
     """Show images in a grid and return the figure.
@@ -127,7 +137,9 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
     ``images`` is a flat list (laid out in ``ncols`` columns) or a list of rows (the seeds'
     tables: rows are variants, columns are examples). Titles follow the same shape (a flat list
     for a flat grid, a list per row, or a single list used as column titles for the first row).
-    2-D arrays are drawn with ``cmap`` in [0, 1]; RGB arrays as they are. No ticks.
+    2-D arrays are drawn with ``cmap`` in [0, 1]; RGB arrays as they are. No ticks. A signed
+    2-D array drawn with a diverging colormap (``"coolwarm"``, ``"bwr"``, ...) gets limits
+    symmetric about zero, so that the middle colour (white) means zero.
     """
     import matplotlib.pyplot as plt
 
@@ -148,7 +160,9 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
             cell_titles = [list(t) for t in titles]
         else:
             cell_titles = [list(titles)] + [[None] * len(r) for r in cells[1:]]
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + (0.6 if row_titles else 0), size * nrows + 0.35),
+    # each row as tall as its most upright picture (height / width), so wide pictures leave no gaps
+    aspect = [max([_aspect(a) for a in row if a is not None] or [1.0]) for row in cells]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + (0.6 if row_titles else 0), size * sum(aspect) + 0.35),
                              squeeze=False)
     for r in range(nrows):
         for c in range(ncols):
@@ -160,7 +174,12 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
                 continue
             a = _as_displayable(cells[r][c])
             if a.ndim == 2:
-                im = ax.imshow(a, cmap=cmap, vmin=0 if a.min() >= 0 else None, vmax=1 if a.max() <= 1 and a.min() >= 0 else None)
+                if cmap in _DIVERGING and a.min() < 0:
+                    lim = float(np.abs(a).max())
+                    vmin, vmax = -lim, lim
+                else:
+                    vmin, vmax = (0, 1) if a.min() >= 0 and a.max() <= 1 else (0 if a.min() >= 0 else None, None)
+                im = ax.imshow(a, cmap=cmap, vmin=vmin, vmax=vmax)
                 if colorbar:
                     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
             else:

@@ -70,3 +70,27 @@ def test_grid_rows_and_titles():
     fig = plots.grid([np.zeros((4, 4))] * 7, ncols=3)
     assert len(fig.axes) == 9
     plt.close(fig)
+
+
+def test_signed_map_with_a_diverging_colormap_puts_zero_at_the_middle_colour():
+    signed = np.array([[-1.0, 0.0], [5.0, 13.0]])                 # like a CAM: mostly positive
+    fig = plots.grid([signed, signed, np.array([[0.0, 0.5], [0.25, 1.0]])], cmap="coolwarm")
+    im = fig.axes[0].get_images()[0]
+    assert im.get_clim() == (-13.0, 13.0)                          # white is zero, not the middle of [-1, 13]
+    plt.close(fig)
+    fig = plots.grid([signed], cmap="viridis")                     # a sequential colormap keeps the data range
+    assert fig.axes[0].get_images()[0].get_clim() == (-1.0, 13.0)
+    plt.close(fig)
+    fig = plots.grid([np.array([[0.0, 0.5], [0.25, 1.0]])], cmap="coolwarm")   # maps in [0, 1]: as before
+    assert fig.axes[0].get_images()[0].get_clim() == (0.0, 1.0)
+    plt.close(fig)
+
+
+def test_grid_rows_are_as_tall_as_their_pictures():
+    wide, square = np.zeros((64, 128, 3)), np.zeros((64, 64))
+    fig = plots.grid([[wide, wide], [wide, wide]], size=2.0)        # two rows of 2:1 pictures
+    assert abs(fig.get_size_inches()[1] - (2 * 2.0 * 0.5 + 0.35)) < 1e-6
+    plt.close(fig)
+    fig = plots.grid([[square, wide]], size=2.0)                    # the most upright picture sets the row
+    assert abs(fig.get_size_inches()[1] - (2.0 + 0.35)) < 1e-6
+    plt.close(fig)
