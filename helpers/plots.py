@@ -161,9 +161,12 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
         else:
             cell_titles = [list(titles)] + [[None] * len(r) for r in cells[1:]]
     # each row as tall as its most upright picture (height / width), so wide pictures leave no gaps
+    # each row as tall as its most upright picture (height / width), so wide pictures leave no gaps,
+    # plus room for titles of more than one line
     aspect = [max([_aspect(a) for a in row if a is not None] or [1.0]) for row in cells]
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + (0.6 if row_titles else 0), size * sum(aspect) + 0.35),
-                             squeeze=False)
+    lines = [max([str(t).count("\n") for t in row if t] or [0]) for row in cell_titles]
+    height = size * sum(aspect) + 0.35 + 0.17 * sum(lines)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + (0.6 if row_titles else 0), height), squeeze=False)
     for r in range(nrows):
         for c in range(ncols):
             ax = axes[r][c]
