@@ -160,7 +160,6 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
             cell_titles = [list(t) for t in titles]
         else:
             cell_titles = [list(titles)] + [[None] * len(r) for r in cells[1:]]
-    # each row as tall as its most upright picture (height / width), so wide pictures leave no gaps
     # each row as tall as its most upright picture (height / width), so wide pictures leave no gaps,
     # plus room for titles of more than one line
     aspect = [max([_aspect(a) for a in row if a is not None] or [1.0]) for row in cells]
