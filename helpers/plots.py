@@ -172,7 +172,12 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
             ax.set_xticks([])
             ax.set_yticks([])
             if c >= len(cells[r]) or cells[r][c] is None:
-                ax.axis("off")
+                if c == 0 and row_titles is not None and r < len(row_titles):
+                    ax.set_facecolor("none")      # empty, but keeps the row's title on its left
+                    for s in ax.spines.values():
+                        s.set_visible(False)
+                else:
+                    ax.axis("off")
                 continue
             a = _as_displayable(cells[r][c])
             if a.ndim == 2:

@@ -70,6 +70,13 @@ def test_grid_rows_and_titles():
     fig = plots.grid([np.zeros((4, 4))] * 7, ncols=3)
     assert len(fig.axes) == 9
     plt.close(fig)
+    # a row whose first cell is empty keeps its title (chapter 03: the overlay row under the image)
+    fig = plots.grid([[np.zeros((4, 4)), np.zeros((4, 4))], [None, np.zeros((4, 4))]], row_titles=["map", "overlay"])
+    first = fig.axes[2]
+    assert first.get_ylabel() == "overlay" and first.axison and first.yaxis.label.get_visible()
+    assert not any(s.get_visible() for s in first.spines.values()) and not first.images
+    assert not fig.axes[3].get_ylabel()
+    plt.close(fig)
 
 
 def test_signed_map_with_a_diverging_colormap_puts_zero_at_the_middle_colour():
