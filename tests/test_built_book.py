@@ -4,7 +4,8 @@
 
 Skipped in the default test run (no built book given). Fails on: a chapter page without a
 figure, an error or traceback in an output, an unresolved citation or reference, raw MyST
-directive text on a page, a chapter missing from the build, no launch or repository buttons.
+directive text on a page, a chapter missing from the build, no launch or repository buttons,
+an assignment's solution shown unfolded.
 """
 import re
 from pathlib import Path
@@ -48,6 +49,12 @@ def test_chapter_page(html, stem):
     assert not main.select("span.problematic, .problematic"), f"{stem}: unresolved reference"
     # raw MyST directives would show their fences
     assert not re.search(r"```\{\w+\}|:::\{\w+\}|\{(note|warning|math|figure)\}", text), f"{stem}: raw directive text"
+    # the assignment's solution is folded (tag hide-input): a reader can try before looking
+    solutions = [c for c in main.select("div.cell") if "BEGIN SOLUTION" in c.get_text()]
+    assert solutions, f"{stem}: no assignment solution on the page"
+    for cell in solutions:
+        assert "tag_hide-input" in cell.get("class", []), f"{stem}: the solution is not folded"
+        assert cell.find("details") or cell.select(".toggle"), f"{stem}: the folded solution has no toggle"
     # launch (Colab/Binder) and repository buttons on every notebook page
     links = " ".join(a.get("href", "") for a in soup.find_all("a"))
     assert "colab.research.google.com" in links, f"{stem}: no Colab launch button"
