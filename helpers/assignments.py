@@ -65,6 +65,13 @@ def student_notebook(nb: dict) -> dict:
         if BEGIN in src:
             found += 1
             cell["source"] = strip_solutions(src)
+            # the book folds its solutions (tag hide-input); the cell a student fills in is never folded
+            tags = [t for t in cell.get("metadata", {}).get("tags", []) if t != "hide-input"]
+            if "tags" in cell.get("metadata", {}):
+                if tags:
+                    cell["metadata"]["tags"] = tags
+                else:
+                    del cell["metadata"]["tags"]
         cell["outputs"] = []
         cell["execution_count"] = None
     if not found:

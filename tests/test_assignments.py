@@ -44,6 +44,9 @@ def test_build_writes_student_versions(tmp_path):
             assert not s["outputs"] and s["execution_count"] is None
             # the checks are kept unchanged; the solution goes back exactly where it was
             assert assignments.put_back(assignments._source(s), assignments._source(o)) == assignments._source(o)
+            if assignments.BEGIN in assignments._source(o):   # folded in the book, open in the student's copy
+                assert "hide-input" in o["metadata"].get("tags", [])
+                assert "hide-input" not in s["metadata"].get("tags", [])
         nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
 
 
