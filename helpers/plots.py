@@ -131,7 +131,7 @@ _DIVERGING = {"coolwarm", "bwr", "seismic", "RdBu", "RdBu_r", "PiYG", "PRGn", "B
 
 
 def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: float = 2.4,
-         cmap: str = "inferno", suptitle: str | None = None, colorbar: bool = False):
+         cmap="inferno", suptitle: str | None = None, colorbar: bool = False):
     """Show images in a grid and return the figure.
 
     ``images`` is a flat list (laid out in ``ncols`` columns) or a list of rows (the seeds'
@@ -139,11 +139,14 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
     for a flat grid, a list per row, or a single list used as column titles for the first row).
     2-D arrays are drawn with ``cmap`` in [0, 1]; RGB arrays as they are. No ticks. A signed
     2-D array drawn with a diverging colormap (``"coolwarm"``, ``"bwr"``, ...) gets limits
-    symmetric about zero, so that the middle colour (white) means zero.
+    symmetric about zero, so that the middle colour (white) means zero. ``cmap`` is one colormap
+    for every cell, or one per cell laid out like ``images`` (``None`` entries: ``"inferno"``),
+    for a figure that mixes, say, a non-negative activation and a signed gradient.
     """
     import matplotlib.pyplot as plt
 
     rows = images if images and isinstance(images[0], (list, tuple)) else None
+    per_cell = isinstance(cmap, (list, tuple))
     if rows is None:
         n = len(images)
         ncols = ncols or min(n, 6)
@@ -151,6 +154,8 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
         cells = [list(images[r * ncols:(r + 1) * ncols]) for r in range(nrows)]
         flat_titles = list(titles) if titles is not None else [None] * n
         cell_titles = [flat_titles[r * ncols:(r + 1) * ncols] for r in range(nrows)]
+        if per_cell:
+            cmap = [list(cmap)[r * ncols:(r + 1) * ncols] for r in range(nrows)]
     else:
         cells = [list(r) for r in rows]
         nrows, ncols = len(cells), max(len(r) for r in cells)
@@ -160,6 +165,8 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
             cell_titles = [list(t) for t in titles]
         else:
             cell_titles = [list(titles)] + [[None] * len(r) for r in cells[1:]]
+    if per_cell and [len(r) for r in cmap] != [len(r) for r in cells]:
+        raise ValueError("cmap must be one colormap name, or one per image laid out like the images")
     # each row as tall as its most upright picture (height / width), so wide pictures leave no gaps,
     # plus room for titles of more than one line
     aspect = [max([_aspect(a) for a in row if a is not None] or [1.0]) for row in cells]
@@ -181,12 +188,13 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
                 continue
             a = _as_displayable(cells[r][c])
             if a.ndim == 2:
-                if cmap in _DIVERGING and a.min() < 0:
+                name = (cmap[r][c] or "inferno") if per_cell else cmap
+                if name in _DIVERGING and a.min() < 0:
                     lim = float(np.abs(a).max())
                     vmin, vmax = -lim, lim
                 else:
                     vmin, vmax = (0, 1) if a.min() >= 0 and a.max() <= 1 else (0 if a.min() >= 0 else None, None)
-                im = ax.imshow(a, cmap=cmap, vmin=vmin, vmax=vmax)
+                im = ax.imshow(a, cmap=name, vmin=vmin, vmax=vmax)
                 if colorbar:
                     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
             else:

@@ -4,6 +4,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from helpers import plots  # noqa: E402
@@ -91,6 +92,22 @@ def test_signed_map_with_a_diverging_colormap_puts_zero_at_the_middle_colour():
     fig = plots.grid([np.array([[0.0, 0.5], [0.25, 1.0]])], cmap="coolwarm")   # maps in [0, 1]: as before
     assert fig.axes[0].get_images()[0].get_clim() == (0.0, 1.0)
     plt.close(fig)
+
+
+def test_grid_takes_one_colormap_per_cell():
+    act, grad = np.random.rand(4, 4), np.random.randn(4, 4)
+    fig = plots.grid([act, grad], cmap=["viridis", "coolwarm"], colorbar=True)
+    a, g = [ax for ax in fig.axes if ax.images]
+    assert a.images[0].get_cmap().name == "viridis" and a.images[0].get_clim() == (0, 1)
+    assert g.images[0].get_cmap().name == "coolwarm"
+    lo, hi = g.images[0].get_clim()
+    assert lo == -hi == -np.abs(grad).max()              # the diverging cell is centred on zero
+    plt.close(fig)
+    fig = plots.grid([[act, act], [act]], cmap=[["gray", None], ["magma"]])
+    assert [ax.images[0].get_cmap().name for ax in fig.axes if ax.images] == ["gray", "inferno", "magma"]
+    plt.close(fig)
+    with pytest.raises(ValueError, match="one per image"):
+        plots.grid([[act, act]], cmap=["gray", "gray"])
 
 
 def test_grid_rows_are_as_tall_as_their_pictures():
