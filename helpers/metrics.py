@@ -693,6 +693,44 @@ class Leaderboard:
     def methods(self) -> list:
         return list(self.rows)
 
+    #: settings that must be equal for two leaderboards' rows to be comparable
+    SAME = ("model", "world", "images", "targets", "seeds", "n_faithfulness", "n_randomization", "n_data",
+            "steps", "seed", "weights", "weights_shuffled")
+
+    def merged(self, redo: "Leaderboard", note: str = "") -> "Leaderboard":
+        """This leaderboard with the methods of ``redo`` replaced (or added) by ``redo``'s rows.
+
+        Both must have been computed on the same scenes with the same settings (:attr:`SAME`),
+        otherwise ``ValueError``. The method settings of ``redo`` are taken over, and
+        ``settings["recomputed"][method]`` records the redo (its command, time, and the row it
+        replaced). Used by ``python -m helpers.metrics leaderboard --methods ...`` on an existing file.
+        """
+        differ = [k for k in self.SAME if self.settings.get(k) != redo.settings.get(k)]
+        if differ:
+            raise ValueError(f"the two leaderboards were computed differently ({', '.join(differ)}); "
+                             f"make the whole leaderboard again instead")
+        out = Leaderboard(rows=dict(self.rows), per_image=dict(self.per_image), curves=dict(self.curves),
+                          settings=json.loads(json.dumps(self.settings)), cascade=dict(self.cascade),
+                          skipped=dict(self.skipped))
+        recomputed = out.settings.setdefault("recomputed", {})
+        for m in redo.methods:
+            previous = self.rows.get(m)
+            for part in ("rows", "per_image", "curves", "cascade", "skipped"):
+                mine, theirs = getattr(out, part), getattr(redo, part)
+                mine.pop(m, None)
+                if m in theirs:
+                    mine[m] = theirs[m]
+            recomputed[m] = {"command": redo.settings.get("command", ""), "seconds": redo.settings.get("seconds"),
+                             "forward_seconds": redo.settings.get("forward_seconds"),
+                             "torch": redo.settings.get("torch", ""), "why": note,
+                             "previous": {"methods": self.settings.get("methods", {}), "row": previous}}
+        out.settings["methods"] = {**self.settings.get("methods", {}), **redo.settings.get("methods", {})}
+        order = [m for m in METHODS if m in out.rows] + [m for m in out.rows if m not in METHODS]
+        for part in ("rows", "per_image", "curves", "cascade"):
+            d = getattr(out, part)
+            setattr(out, part, {m: d[m] for m in order if m in d})
+        return out
+
     def column(self, key: str) -> np.ndarray:
         return np.array([self.rows[m].get(key, float("nan")) for m in self.rows])
 
@@ -975,8 +1013,12 @@ def _main(argv=None) -> int:
     lb.add_argument("--randomization", type=int, default=16, help="scenes for the cascading randomisation (16)")
     lb.add_argument("--data", type=int, default=48, help="scenes for the data randomisation test (48)")
     lb.add_argument("--steps", type=int, default=16, help="deletion and insertion steps (16)")
-    lb.add_argument("--methods", nargs="*", default=None, help=f"some of: {' '.join(METHODS)} (default: all)")
+    lb.add_argument("--methods", nargs="*", default=None,
+                    help=f"some of: {' '.join(METHODS)} (default: all); with an existing --out file, only these "
+                         f"rows are redone and merged into it")
     lb.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    lb.add_argument("--why", default="", help="with --methods on an existing file: why the rows were redone "
+                                              "(kept in its settings)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -989,6 +1031,9 @@ def _main(argv=None) -> int:
                                           f"--data {args.data}", f"--steps {args.steps}"]
                                          + (["--methods", *args.methods] if args.methods else []))
     board.settings["torch"] = torch.__version__
+    if args.methods and Path(args.out).exists():   # redo some rows of an existing leaderboard, keep the others
+        board = Leaderboard.from_json(args.out).merged(board, note=args.why)
+        print(f"merged into {args.out}: {', '.join(args.methods)} redone, the other rows kept")
     board.to_json(args.out)
     print(board.table())
     print(f"written {args.out} in {board.settings['seconds']} s")

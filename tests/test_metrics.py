@@ -418,3 +418,31 @@ def test_command_line_writes_the_leaderboard(tmp_path, monkeypatch, net):
     assert board.methods == ["grad_cam"] and board.settings["images"] == 2
     assert board.settings["command"].startswith("python -m helpers.metrics leaderboard --scenes 2")
     assert board.settings["seeds"] == [metrics.SCENE_SEED, metrics.SCENE_SEED + 1]
+    # --methods on an existing file redoes those rows and keeps the others, recording the redo
+    common = ["leaderboard", "--out", str(out), "--scenes", "2", "--faithfulness", "1", "--randomization", "1",
+              "--data", "1", "--steps", "2"]
+    assert metrics._main(common + ["--methods", "vanilla"]) == 0
+    two = metrics.Leaderboard.from_json(out)
+    assert two.methods == ["vanilla", "grad_cam"]                           # chapter order
+    assert two.rows["grad_cam"] == board.rows["grad_cam"]
+    assert two.settings["recomputed"]["vanilla"]["previous"]["row"] is None   # added in a run of its own
+    assert metrics._main(common + ["--methods", "grad_cam", "--why", "a test"]) == 0
+    three = metrics.Leaderboard.from_json(out)
+    assert three.rows["vanilla"] == two.rows["vanilla"]
+    assert three.settings["recomputed"]["grad_cam"]["why"] == "a test"
+    assert three.settings["recomputed"]["grad_cam"]["previous"]["row"] == board.rows["grad_cam"]
+    assert "--methods grad_cam" in three.settings["recomputed"]["grad_cam"]["command"]
+
+
+def test_merged_refuses_leaderboards_made_differently():
+    a = metrics.Leaderboard(rows={"vanilla": {"pointing": 1.0}}, per_image={"vanilla": {"pointing": [1.0]}}, curves={},
+                            settings={"images": 1, "steps": 16, "methods": {"smoothgrad_noise": 0.15}})
+    b = metrics.Leaderboard(rows={"smoothgrad": {"pointing": 0.5}}, per_image={"smoothgrad": {"pointing": [0.0]}},
+                            curves={}, settings={"images": 1, "steps": 16, "methods": {"smoothgrad_noise": 0.03}})
+    m = a.merged(b, "why")
+    assert m.methods == ["vanilla", "smoothgrad"] and m.settings["methods"]["smoothgrad_noise"] == 0.03
+    assert m.settings["recomputed"]["smoothgrad"]["previous"] == {"methods": {"smoothgrad_noise": 0.15}, "row": None}
+    assert "recomputed" not in a.settings                                    # the original is unchanged
+    b.settings["steps"] = 8
+    with pytest.raises(ValueError, match="steps"):
+        a.merged(b)
