@@ -10,6 +10,9 @@ solution), the checks kept, all outputs cleared, and a note at the top. Put ``OU
 repository (e.g. ``student/``, which git ignores) so that the setup cell finds ``helpers``; in
 Colab the setup cell clones the repository as usual.
 
+``python -m helpers.assignments grade FILE ...`` grades students' notebooks with the chapters' own
+checks: only the students' assignment cells are taken, put into the chapter, and run with it.
+
 Explained in the README ("Teach with it") and in chapter 00's assignment.
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 BOOK = Path(__file__).resolve().parent.parent / "book"
@@ -101,14 +105,116 @@ def build(out, book: Path = BOOK, only=None) -> list:
     return written
 
 
+@dataclass
+class Grade:
+    """The result of :func:`grade` for one submitted notebook."""
+
+    path: str
+    chapter: str
+    passed: bool
+    status: str            # "passed", "not implemented", "check failed", "error", "not matched"
+    message: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path} ({self.chapter}): {self.status}" + (f": {self.message}" if self.message else "")
+
+
+def _answers(submission: dict, original: dict) -> dict:
+    """For each solution cell of the chapter (by index), the source of the student's version of it.
+
+    A cell is matched by its id (kept by ``build``, Jupyter and Colab), else by the code that the
+    student version keeps before the solution region (the function's signature and docstring).
+    """
+    by_id = {c.get("id"): _source(c) for c in submission["cells"] if c.get("id") and c["cell_type"] == "code"}
+    subs = [_source(c) for c in submission["cells"] if c["cell_type"] == "code"]
+    out = {}
+    for i, cell in enumerate(original["cells"]):
+        src = _source(cell)
+        if cell["cell_type"] != "code" or BEGIN not in src:
+            continue
+        if cell.get("id") in by_id:
+            out[i] = by_id[cell["id"]]
+            continue
+        head = src[:src.index(BEGIN)].rsplit("\n", 1)[0].strip()
+        found = [t for t in subs if head and t.strip().startswith(head)]
+        if not found:
+            raise LookupError(f"no cell of the submission matches the assignment cell that starts with "
+                              f"{head.splitlines()[0] if head else src[:60]!r}")
+        out[i] = found[-1]
+    return out
+
+
+def grade(path, book: Path = BOOK, timeout: int = 600, offline: bool = True) -> Grade:
+    """Grade a student's notebook with the chapter's own checks.
+
+    The student's assignment cells are put into the chapter in place of its solutions, and the
+    chapter runs from the top to the check cell after the last assignment, in a fresh kernel
+    (``offline``: in the offline world, as the tests run, ``CNNVIS_OFFLINE=1``). Only the
+    assignment cells come from the submission, so an edited check grades nothing. The chapter is
+    found by the submission's file name (``08_smoothgrad.ipynb``, or ``08_...`` with any suffix).
+    """
+    import os
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    path = Path(path)
+    matches = [p for p in chapters(book) if path.name[:3] == p.name[:3]]
+    if not matches:
+        raise ValueError(f"{path.name}: the file name must start with a chapter number, as the student "
+                         f"versions do (e.g. 08_smoothgrad.ipynb)")
+    chapter = matches[0]
+    original = json.loads(chapter.read_text())
+    try:
+        answers = _answers(json.loads(path.read_text()), original)
+    except LookupError as e:
+        return Grade(str(path), chapter.stem, False, "not matched", str(e))
+    nb = nbformat.reads(json.dumps(original), as_version=4)
+    for i, src in answers.items():
+        nb.cells[i].source = src
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    check = next((i for i in code if i > max(answers)), max(answers))
+    nb.cells = nb.cells[:check + 1]
+    for c in nb.cells:
+        if c.cell_type == "code":
+            c.outputs = []
+    env = {**os.environ, **({"CNNVIS_OFFLINE": "1"} if offline else {})}
+    try:
+        NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                       resources={"metadata": {"path": str(book)}}).execute(env=env)
+    except CellExecutionError as e:
+        failed = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                       and any(o.get("output_type") == "error" for o in c.get("outputs", []))), None)
+        err = next(o for o in nb.cells[failed].outputs if o.get("output_type") == "error") if failed is not None else {}
+        name, value = err.get("ename", type(e).__name__), err.get("evalue", "")
+        if name == "NotImplementedError" and (failed in answers or failed == check):   # a stub left in
+            return Grade(str(path), chapter.stem, False, "not implemented")
+        where = ("the check" if failed == check else "the assignment cell" if failed in answers
+                 else f"cell {failed} of the chapter, before the assignment")
+        status = "check failed" if name == "AssertionError" else "error"
+        return Grade(str(path), chapter.stem, False, status, f"{name} in {where}: {value}".strip())
+    return Grade(str(path), chapter.stem, True, "passed")
+
+
 def _main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.assignments",
-                                     description="Write student versions of the chapters.")
+                                     description="Write student versions of the chapters, and grade them.")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="write the student notebooks into OUT")
     b.add_argument("out", help="output folder (inside the repository, e.g. student/)")
     b.add_argument("--chapters", nargs="*", help="chapter numbers, e.g. 02 11 (default: all)")
+    g = sub.add_parser("grade", help="run the chapter's checks on students' notebooks")
+    g.add_argument("notebooks", nargs="+", help="the students' notebooks (file names as written by build)")
+    g.add_argument("--online", action="store_true", help="grade in the ImageNet world (default: offline)")
+    g.add_argument("--timeout", type=int, default=600, help="seconds per cell (600)")
     args = parser.parse_args(argv)
+    if args.command == "grade":
+        grades = [grade(p, timeout=args.timeout, offline=not args.online) for p in args.notebooks]
+        for r in grades:
+            print(r)
+        print(f"{sum(r.passed for r in grades)} of {len(grades)} passed")
+        return 0 if all(r.passed for r in grades) else 1
     written = build(args.out, only=args.chapters)
     for p in written:
         print(p)

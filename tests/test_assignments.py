@@ -124,3 +124,49 @@ def test_check_catches_a_typical_mistake(case, tmp_path):
               and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
     assert errors and errors[0] in (cell, check), f"failed at cell {errors[0]}, not in the check ({what})"
     assert "AssertionError" in str(e.value), f"the check did not reject {what}: {str(e.value)[-300:]}"
+
+
+def test_grade_runs_the_chapters_own_check_on_the_students_cells(tmp_path, capsys):
+    """An instructor's grading: the stub is 'not implemented', the solution passes, a typical mistake
+    fails the check, and a student who edits the check (and loses the cell ids) is graded by the
+    chapter's own check all the same."""
+    (chapter,) = [p for p in CHAPTERS if p.name.startswith("03")]
+    original = json.loads(chapter.read_text())
+    student = assignments.student_notebook(original)
+    o_code = [c for c in original["cells"] if c["cell_type"] == "code"]
+    s_code = [c for c in student["cells"] if c["cell_type"] == "code"]
+    (k,) = [i for i, c in enumerate(o_code) if assignments.BEGIN in assignments._source(c)]
+
+    def submit(name, solution=None, check=None, ids=True):
+        nb = json.loads(json.dumps(student))
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        if solution is not None:
+            code[k]["source"] = solution
+        if check is not None:
+            code[k + 1]["source"] = check
+        if not ids:
+            for c in nb["cells"]:
+                c.pop("id", None)
+        path = tmp_path / name
+        path.write_text(json.dumps(nb))
+        return path
+
+    written = assignments.put_back(assignments._source(s_code[k]), assignments._source(o_code[k]))
+    wrong = written.replace("grad.abs().amax(dim=1)", "grad.amax(dim=1)")
+    assert wrong != written
+    stub = assignments.grade(submit("03_stub.ipynb"))
+    good = assignments.grade(submit("03_good.ipynb", written))
+    bad = assignments.grade(submit("03_bad.ipynb", wrong))
+    cheat = assignments.grade(submit("03_cheat.ipynb", wrong, check="print('all right')", ids=False))
+    assert (stub.status, good.status, bad.status, cheat.status) == ("not implemented", "passed", "check failed",
+                                                                   "check failed")
+    assert good.passed and not (stub.passed or bad.passed or cheat.passed)
+    assert "in the check" in bad.message and "AssertionError" in bad.message
+    lost = submit("03_lost.ipynb", "print('the function is gone')", ids=False)
+    assert assignments.grade(lost).status == "not matched"
+    with pytest.raises(ValueError, match="chapter number"):
+        assignments.grade(submit("homework.ipynb"))
+    # the command line: one line per notebook, exit code 1 unless all passed
+    assert assignments._main(["grade", str(tmp_path / "03_good.ipynb")]) == 0
+    assert assignments._main(["grade", str(tmp_path / "03_good.ipynb"), str(tmp_path / "03_bad.ipynb")]) == 1
+    assert "1 of 2 passed" in capsys.readouterr().out
