@@ -70,12 +70,10 @@ def student_notebook(nb: dict) -> dict:
             found += 1
             cell["source"] = strip_solutions(src)
             # the book folds its solutions (tag hide-input); the cell a student fills in is never folded
-            tags = [t for t in cell.get("metadata", {}).get("tags", []) if t != "hide-input"]
-            if "tags" in cell.get("metadata", {}):
-                if tags:
-                    cell["metadata"]["tags"] = tags
-                else:
-                    del cell["metadata"]["tags"]
+            meta = cell.get("metadata", {})
+            meta["tags"] = [t for t in meta.get("tags", []) if t != "hide-input"]
+            if not meta["tags"]:
+                del meta["tags"]
         cell["outputs"] = []
         cell["execution_count"] = None
     if not found:
@@ -157,7 +155,7 @@ def grade(path, book: Path = BOOK, timeout: int = 600, offline: bool = True) -> 
 
     import nbformat
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     path = Path(path)
     matches = [p for p in chapters(book) if path.name[:3] == p.name[:3]]
@@ -194,6 +192,9 @@ def grade(path, book: Path = BOOK, timeout: int = 600, offline: bool = True) -> 
                  else f"cell {failed} of the chapter, before the assignment")
         status = "check failed" if name == "AssertionError" else "error"
         return Grade(str(path), chapter.stem, False, status, f"{name} in {where}: {value}".strip())
+    except (CellTimeoutError, DeadKernelError) as e:   # a student's endless loop or crash: grade the others
+        what = f"a cell ran past {timeout} s" if isinstance(e, CellTimeoutError) else "the kernel died"
+        return Grade(str(path), chapter.stem, False, "error", what)
     return Grade(str(path), chapter.stem, True, "passed")
 
 

@@ -162,6 +162,10 @@ def test_grade_runs_the_chapters_own_check_on_the_students_cells(tmp_path, capsy
                                                                    "check failed")
     assert good.passed and not (stub.passed or bad.passed or cheat.passed)
     assert "in the check" in bad.message and "AssertionError" in bad.message
+    crash = written.replace("    m = grad.abs()", "    import os\n    os._exit(1)\n    m = grad.abs()")
+    assert crash != written
+    crashed = assignments.grade(submit("03_crash.ipynb", crash))   # one student's crash does not stop the grading
+    assert (crashed.status, crashed.message, crashed.passed) == ("error", "the kernel died", False)
     lost = submit("03_lost.ipynb", "print('the function is gone')", ids=False)
     assert assignments.grade(lost).status == "not matched"
     with pytest.raises(ValueError, match="chapter number"):
