@@ -30,6 +30,11 @@ STUB = "raise NotImplementedError()"
 NOTE = ("**Student version.** Write your code where a cell says `raise NotImplementedError()`, "
         "then run the check cell that follows it: it tells you whether your implementation is right.")
 
+# the assignment's note about the book's folded solution, and what a student's copy says instead
+_BOOK_NOTE = re.compile(r"In the rendered book the solution below is folded.*?the implementation is right\.", re.DOTALL)
+STUDENT_NOTE = ("Replace `raise NotImplementedError()` below with your implementation, then run the check "
+                "after it: it tells\nwhether the implementation is right.")
+
 _REGION = re.compile(r"^([ \t]*)### BEGIN SOLUTION[^\n]*\n(.*?)^[ \t]*### END SOLUTION[^\n]*(\n|$)",
                      re.MULTILINE | re.DOTALL)
 
@@ -76,6 +81,9 @@ def student_notebook(nb: dict) -> dict:
                 del meta["tags"]
         cell["outputs"] = []
         cell["execution_count"] = None
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "markdown":
+            cell["source"] = _BOOK_NOTE.sub(STUDENT_NOTE, _source(cell))
     if not found:
         raise ValueError("the notebook has no assignment cell (### BEGIN SOLUTION ... ### END SOLUTION)")
     nb["cells"].insert(1, {"cell_type": "markdown", "metadata": {}, "source": NOTE,
@@ -121,10 +129,13 @@ def _answers(submission: dict, original: dict) -> dict:
     """For each solution cell of the chapter (by index), the source of the student's version of it.
 
     A cell is matched by its id (kept by ``build``, Jupyter and Colab), else by the code that the
-    student version keeps before the solution region (the function's signature and docstring).
+    student version keeps before the solution region (the function's signature and docstring),
+    else as the code cell just before the chapter's check cell, found unchanged in the submission
+    (a student who rewrote the signature in a notebook that lost its ids).
     """
     by_id = {c.get("id"): _source(c) for c in submission["cells"] if c.get("id") and c["cell_type"] == "code"}
     subs = [_source(c) for c in submission["cells"] if c["cell_type"] == "code"]
+    code = [i for i, c in enumerate(original["cells"]) if c["cell_type"] == "code"]
     out = {}
     for i, cell in enumerate(original["cells"]):
         src = _source(cell)
@@ -135,10 +146,13 @@ def _answers(submission: dict, original: dict) -> dict:
             continue
         head = src[:src.index(BEGIN)].rsplit("\n", 1)[0].strip()
         found = [t for t in subs if head and t.strip().startswith(head)]
-        if not found:
+        check = next((_source(original["cells"][j]).strip() for j in code if j > i), None)
+        before = [subs[k - 1] for k in range(1, len(subs)) if check and subs[k].strip() == check]
+        if not (found or before):
             raise LookupError(f"no cell of the submission matches the assignment cell that starts with "
-                              f"{head.splitlines()[0] if head else src[:60]!r}")
-        out[i] = found[-1]
+                              f"{head.splitlines()[0] if head else src[:60]!r}, and its check cell is "
+                              f"not found unchanged")
+        out[i] = (found or before)[-1]
     return out
 
 

@@ -47,6 +47,12 @@ def test_build_writes_student_versions(tmp_path):
             if assignments.BEGIN in assignments._source(o):   # folded in the book, open in the student's copy
                 assert "hide-input" in o["metadata"].get("tags", [])
                 assert "hide-input" not in s["metadata"].get("tags", [])
+        # the assignment's note speaks of the folded solution in the book, of the stub in the copy
+        o_md = [assignments._source(c) for c in original["cells"] if c["cell_type"] == "markdown"]
+        s_md = [assignments._source(c) for c in student["cells"] if c["cell_type"] == "markdown"]
+        assert sum("solution below is folded" in m for m in o_md) == 1
+        assert not any("solution below is folded" in m for m in s_md)
+        assert sum(assignments.STUDENT_NOTE in m for m in s_md) == 1
         nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
 
 
@@ -128,8 +134,8 @@ def test_check_catches_a_typical_mistake(case, tmp_path):
 
 def test_grade_runs_the_chapters_own_check_on_the_students_cells(tmp_path, capsys):
     """An instructor's grading: the stub is 'not implemented', the solution passes, a typical mistake
-    fails the check, and a student who edits the check (and loses the cell ids) is graded by the
-    chapter's own check all the same."""
+    fails the check, a student who edits the check (and loses the cell ids) is graded by the
+    chapter's own check all the same, and one who rewrites the signature is found by the check."""
     (chapter,) = [p for p in CHAPTERS if p.name.startswith("03")]
     original = json.loads(chapter.read_text())
     student = assignments.student_notebook(original)
@@ -166,7 +172,11 @@ def test_grade_runs_the_chapters_own_check_on_the_students_cells(tmp_path, capsy
     assert crash != written
     crashed = assignments.grade(submit("03_crash.ipynb", crash))   # one student's crash does not stop the grading
     assert (crashed.status, crashed.message, crashed.passed) == ("error", "the kernel died", False)
-    lost = submit("03_lost.ipynb", "print('the function is gone')", ids=False)
+    # ids lost and the signature rewritten: found as the cell before the unchanged check
+    rewritten = written.replace("def my_saliency(grad):", "def my_saliency(grad):  # my version")
+    assert rewritten != written
+    assert assignments.grade(submit("03_rewritten.ipynb", rewritten, ids=False)).status == "passed"
+    lost = submit("03_lost.ipynb", "print('the function is gone')", check="print('edited')", ids=False)
     assert assignments.grade(lost).status == "not matched"
     with pytest.raises(ValueError, match="chapter number"):
         assignments.grade(submit("homework.ipynb"))
