@@ -90,6 +90,26 @@ def c_src(cell):
 # follows the assignment must catch every one of them (an AssertionError in the check cell),
 # else the check would pass a wrong implementation.
 MISTAKES = {
+    "00 no scaling": ("00", "dtype=torch.float32) / 255.0", "dtype=torch.float32)",
+                      "pixels not scaled to [0, 1] before normalising"),
+    "01 no bias": ("01", "float(bias[k])", "0.0", "the filter's bias left out"),
+    "05 no relu": ("05", "return F.relu(signal)", "return signal", "the ReLU skipped on the way down"),
+    "06 mean baseline": ("06", "return (x.cpu() - black) * grad", "return x.cpu() * grad",
+                         "the normalised zero (the mean colour) as baseline instead of black"),
+    "10 mean": ("10", "A).sum(dim=0)", "A).mean(dim=0)", "the mean over channels instead of the weighted sum"),
+    "12 unscaled": ("12", "G * (up / up.max())", "G * up", "the Grad-CAM map not scaled to [0, 1]"),
+    "16 no 1/f": ("16", "spectrum * scale[None, None, :, :, None]", "spectrum", "the spectrum not scaled by 1/f"),
+    "17 not rolled back": ("17", "g = torch.roll(g, (-shift[0], -shift[1]), dims=(2, 3))", "g = g",
+                           "the gradient of the shifted image not shifted back"),
+    "18 beta": ("18", ".pow(beta / 2)", ".pow(beta)", "beta applied to the squared gradient norm"),
+    "19 penalty sign": ("19", "- weight * 2 * x", "+ weight * 2 * x", "the L2 penalty's gradient with the wrong sign"),
+    "20 score": ("20", "torch.log_softmax(model(synthesis.from_pixels(model, p)), 1)[0, c]",
+                 "model(synthesis.from_pixels(model, p))[0, c]", "the class score instead of its log softmax"),
+    "22 no quantiles": ("22", "hi, lo = np.quantile(M, foreground), np.quantile(M, background)",
+                        "hi, lo = foreground, background", "the fractions used as map values, not quantiles"),
+    "23 whole map": ("23", "out.scatter_(2, idx.flatten(2), d.flatten(2))",
+                     "out.view(N, -1).scatter_(1, idx.flatten(1), d.flatten(1))",
+                     "switches taken as positions in the whole feature map, not in each channel"),
     "02 softmax": ("02", "logits = model(x)", "logits = torch.softmax(model(x), 1)",
                    "gradient of the probability instead of the class score"),
     "03 no abs": ("03", "grad.abs().amax(dim=1)", "grad.amax(dim=1)", "signed maximum instead of |gradient|"),
@@ -109,6 +129,10 @@ MISTAKES = {
                      "steps that raise the loss of the target class"),
     "24 tolerance": ("24", "<= tolerance ** 2", "<= tolerance", "the tolerance compared with a squared distance"),
 }
+
+
+def test_every_chapter_has_a_typical_mistake_its_check_catches():
+    assert sorted({number for number, *_ in MISTAKES.values()}) == [p.name[:2] for p in CHAPTERS]
 
 
 @pytest.mark.parametrize("case", list(MISTAKES), ids=lambda k: k.replace(" ", "-"))
