@@ -417,6 +417,12 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
     per pass (a method that takes ``batch_size`` itself, like integrated gradients, gets all
     copies at once and batches them). ``target=None``: the class predicted for the clean ``x``
     (one extra forward pass). ``noise=0`` gives exactly ``method``'s result.
+
+    The ``samples`` noise images are drawn one at a time, in order, from ``generator`` (torch's
+    default one if ``None``) and shared by the images of a batch, each scaled by its own
+    ``sigma``: every image still averages ``samples`` independent draws, the noise is drawn once
+    instead of once per image, and with the same seed an image gets the same map alone as in a
+    batch.
     """
     fn = "smoothgrad"
     x = _check_x(model, x, fn)
@@ -431,28 +437,37 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
     n, dev = len(x), x.device
     with hooks.frozen(model):
         t = _targets_tensor(model, x, target, fn).cpu()
-    sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1))  # one standard deviation per image
+    sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)  # one std per image
+    drawn: dict = {}  # noise sample k -> its image-sized draw, kept while a pass still needs it
 
-    def noisy(i: torch.Tensor) -> torch.Tensor:
-        shape = (len(i), *x.shape[1:])
+    def draw() -> torch.Tensor:
         if generator is not None:
-            eps = torch.randn(shape, generator=generator, device=generator.device, dtype=x.dtype).to(dev)
-        else:
-            eps = torch.randn(shape, device=dev, dtype=x.dtype)
-        i = i.to(dev)
-        return x[i] + sigma[i].view(-1, 1, 1, 1) * eps
+            return torch.randn(x.shape[1:], generator=generator, device=generator.device, dtype=x.dtype).to(dev)
+        return torch.randn(x.shape[1:], device=dev, dtype=x.dtype)
+
+    def noisy(j: torch.Tensor):
+        """Copies ``j`` in sample-major order: copy j is image ``j % n`` plus noise sample ``j // n``."""
+        k, i = (j // n).tolist(), j % n
+        for kk in range(k[0], k[-1] + 1):
+            if kk not in drawn:
+                drawn[kk] = draw()
+        eps = torch.stack([drawn[kk] for kk in range(k[0], k[-1] + 1)])
+        for kk in [kk for kk in drawn if kk < k[-1]]:  # a sample's copies span at most two passes
+            del drawn[kk]
+        i_dev = i.to(dev)
+        return x[i_dev] + sigma[i_dev] * eps[torch.tensor(k, device=dev) - k[0]], i
 
     params = inspect.signature(method).parameters
     if "batch_size" in params:  # the method batches its own work (integrated gradients)
-        i = torch.arange(n).repeat_interleave(samples)
+        xs, i = noisy(torch.arange(n * samples))
         extra = {"progress": progress} if "progress" in params else {}
-        maps = method(model, noisy(i), t[i].tolist(), batch_size=bs, **extra, **kwargs)
-        return maps.view(n, samples, *maps.shape[1:]).mean(1)
+        maps = method(model, xs, t[i].tolist(), batch_size=bs, **extra, **kwargs)
+        return maps.view(samples, n, *maps.shape[1:]).mean(0)
     total = None
     with _progress(n * samples, progress, "smoothgrad") as bar:
         for start in range(0, n * samples, bs):
-            i = torch.arange(start, min(start + bs, n * samples)) // samples
-            maps = method(model, noisy(i), t[i].tolist(), **kwargs).detach().cpu()
+            xs, i = noisy(torch.arange(start, min(start + bs, n * samples)))
+            maps = method(model, xs, t[i].tolist(), **kwargs).detach().cpu()
             if total is None:
                 total = torch.zeros(n, *maps.shape[1:], dtype=maps.dtype)
             total.index_add_(0, i, maps)

@@ -703,7 +703,7 @@ class Leaderboard:
         Both must have been computed on the same scenes with the same settings (:attr:`SAME`),
         otherwise ``ValueError``. The method settings of ``redo`` are taken over, and
         ``settings["recomputed"][method]`` records the redo (its command, time, and the row it
-        replaced). Used by ``python -m helpers.metrics leaderboard --methods ...`` on an existing file.
+        replaced; an earlier redo of the same method is kept under its ``"earlier"``). Used by ``python -m helpers.metrics leaderboard --methods ...`` on an existing file.
         """
         differ = [k for k in self.SAME if self.settings.get(k) != redo.settings.get(k)]
         if differ:
@@ -720,10 +720,13 @@ class Leaderboard:
                 mine.pop(m, None)
                 if m in theirs:
                     mine[m] = theirs[m]
+            earlier = recomputed.get(m)
             recomputed[m] = {"command": redo.settings.get("command", ""), "seconds": redo.settings.get("seconds"),
                              "forward_seconds": redo.settings.get("forward_seconds"),
                              "torch": redo.settings.get("torch", ""), "why": note,
                              "previous": {"methods": self.settings.get("methods", {}), "row": previous}}
+            if earlier is not None:
+                recomputed[m]["earlier"] = earlier
         out.settings["methods"] = {**self.settings.get("methods", {}), **redo.settings.get("methods", {})}
         order = [m for m in METHODS if m in out.rows] + [m for m in out.rows if m not in METHODS]
         for part in ("rows", "per_image", "curves", "cascade"):

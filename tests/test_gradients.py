@@ -354,6 +354,50 @@ def test_smoothgrad_with_zero_noise_equals_the_wrapped_method(method, kwargs):
     assert not torch.allclose(noisy, alone, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("method,kwargs", [(gradients.vanilla, {}), (gradients.integrated_gradients, {"steps": 4})])
+def test_smoothgrad_gives_an_image_the_same_map_alone_as_in_a_batch(method, kwargs):
+    """The noise samples are drawn in order and shared by the batch, each scaled to its image."""
+    model = shapesnet()
+    x, y = scenes_batch()
+    x = x[:3] * torch.tensor([1.0, 3.0, 0.5]).view(-1, 1, 1, 1)  # three different ranges
+    y = y[:3]
+
+    def seeded():
+        return torch.Generator().manual_seed(7)
+
+    together = gradients.smoothgrad(model, x, y, method=method, samples=5, noise=0.1, batch_size=4,
+                                    progress=False, generator=seeded(), **kwargs)
+    for k in range(3):
+        alone = gradients.smoothgrad(model, x[k:k + 1], y[k:k + 1], method=method, samples=5, noise=0.1,
+                                     batch_size=2, progress=False, generator=seeded(), **kwargs)
+        assert torch.allclose(alone[0], together[k], atol=1e-6, rtol=1e-4), k
+    # and an image's map differs from the one with other noise
+    other = gradients.smoothgrad(model, x[:1], y[:1], method=method, samples=5, noise=0.1, progress=False,
+                                 generator=torch.Generator().manual_seed(8), **kwargs)
+    assert not torch.allclose(other[0], together[0], atol=1e-6, rtol=1e-4)
+
+
+def test_smoothgrad_draws_each_noise_sample_once_in_order():
+    model = shapesnet()
+    x = torch.rand(3, 3, 8, 8) * torch.tensor([1.0, 2.0, 4.0]).view(-1, 1, 1, 1)
+    seen = []
+
+    def probe(model, xx, target):  # returns the noisy input itself
+        seen.append(xx.detach().clone())
+        return xx.detach()
+
+    samples, noise = 4, 0.2
+    gradients.smoothgrad(model, x, [0, 1, 2], method=probe, samples=samples, noise=noise, batch_size=5,
+                         progress=False, generator=torch.Generator().manual_seed(3))
+    copies = torch.cat(seen).view(samples, 3, 3, 8, 8)  # sample-major: copy j is image j % 3
+    sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)
+    eps = (copies - x) / sigma
+    g = torch.Generator().manual_seed(3)
+    want = torch.stack([torch.randn(3, 8, 8, generator=g) for _ in range(samples)])
+    for k in range(3):
+        assert torch.allclose(eps[:, k], want, atol=1e-5), k
+
+
 def test_smoothgrad_noise_is_a_fraction_of_each_images_range():
     """sigma = noise * (max - min) per image: the standard deviation, not its square."""
     model = shapesnet()

@@ -432,6 +432,13 @@ def test_command_line_writes_the_leaderboard(tmp_path, monkeypatch, net):
     assert three.settings["recomputed"]["grad_cam"]["why"] == "a test"
     assert three.settings["recomputed"]["grad_cam"]["previous"]["row"] == board.rows["grad_cam"]
     assert "--methods grad_cam" in three.settings["recomputed"]["grad_cam"]["command"]
+    assert "earlier" not in three.settings["recomputed"]["grad_cam"]
+    # a second redo of the same row keeps the first redo's record, with the row that one replaced
+    assert metrics._main(common + ["--methods", "grad_cam", "--why", "again"]) == 0
+    four = metrics.Leaderboard.from_json(out)
+    assert four.settings["recomputed"]["grad_cam"]["why"] == "again"
+    assert four.settings["recomputed"]["grad_cam"]["earlier"] == three.settings["recomputed"]["grad_cam"]
+    assert four.settings["recomputed"]["grad_cam"]["earlier"]["previous"]["row"] == board.rows["grad_cam"]
 
 
 def test_merged_refuses_leaderboards_made_differently():
