@@ -447,15 +447,16 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
 
     def noisy(j: torch.Tensor):
         """Copies ``j`` in sample-major order: copy j is image ``j % n`` plus noise sample ``j // n``."""
-        k, i = (j // n).tolist(), j % n
-        for kk in range(k[0], k[-1] + 1):
+        k, i = j // n, j % n
+        first, last = int(k[0]), int(k[-1])
+        for kk in range(first, last + 1):
             if kk not in drawn:
                 drawn[kk] = draw()
-        eps = torch.stack([drawn[kk] for kk in range(k[0], k[-1] + 1)])
-        for kk in [kk for kk in drawn if kk < k[-1]]:  # a sample's copies span at most two passes
+        eps = torch.stack([drawn[kk] for kk in range(first, last + 1)])[(k - first).to(dev)]
+        for kk in [kk for kk in drawn if kk < last]:  # done: later passes start at sample `last`
             del drawn[kk]
         i_dev = i.to(dev)
-        return x[i_dev] + sigma[i_dev] * eps[torch.tensor(k, device=dev) - k[0]], i
+        return x[i_dev] + sigma[i_dev] * eps, i
 
     params = inspect.signature(method).parameters
     if "batch_size" in params:  # the method batches its own work (integrated gradients)

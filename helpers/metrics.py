@@ -703,7 +703,8 @@ class Leaderboard:
         Both must have been computed on the same scenes with the same settings (:attr:`SAME`),
         otherwise ``ValueError``. The method settings of ``redo`` are taken over, and
         ``settings["recomputed"][method]`` records the redo (its command, time, and the row it
-        replaced; an earlier redo of the same method is kept under its ``"earlier"``). Used by ``python -m helpers.metrics leaderboard --methods ...`` on an existing file.
+        replaced; an earlier redo of the same method is kept under its ``"earlier"``). Used by
+        ``python -m helpers.metrics leaderboard --methods ...`` on an existing file.
         """
         differ = [k for k in self.SAME if self.settings.get(k) != redo.settings.get(k)]
         if differ:
