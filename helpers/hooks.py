@@ -25,23 +25,34 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
 def _state(model: nn.Module):
     """A snapshot of what the contexts here may change: per module its mode, ``inplace`` flag and
     the keys of its non-empty hook dicts (hooks added later are removed on restore), and every
-    parameter's ``requires_grad``. Kept lean, one walk over the modules: it runs on every call of
-    every method, and on a small network at batch 1 a second walk would show in the timings."""
-    mods, params, seen = [], [], set()
-    for m in model.modules():
+    parameter's ``requires_grad``. Kept lean: it runs on every call of every method, and on a
+    small network at batch 1 its cost shows in the timings. So it walks the modules once, by
+    their ``_modules`` dicts (``model.modules()`` would also build every dotted name), and
+    records hook dicts only where there are hooks."""
+    mods, params, seen, todo = [], [], {id(model)}, [model]
+    while todo:
+        m = todo.pop()
         d = m.__dict__
-        hooks = {k: tuple(d[k]) for k in _HOOK_DICTS if d.get(k)}
-        mods.append((m, d, d.get("training"), d.get("inplace"), hooks))
+        kept = None
+        for k in _HOOK_DICTS:
+            if d.get(k):
+                kept = kept or {}
+                kept[k] = tuple(d[k])
+        mods.append((m, d, d.get("training"), d.get("inplace"), kept))
         for p in d["_parameters"].values():
             if p is not None and id(p) not in seen:     # a shared parameter once
                 seen.add(id(p))
                 params.append((p, p.requires_grad))
+        for child in d["_modules"].values():
+            if child is not None and id(child) not in seen:   # a shared module once
+                seen.add(id(child))
+                todo.append(child)
     return mods, params
 
 
 def _restore(state) -> None:
     mods, params = state
-    for m, d, training, inplace, hooks in mods:
+    for m, d, training, inplace, kept in mods:
         if d.get("training") != training:
             m.training = training
         if inplace is not None and d.get("inplace") != inplace:
@@ -49,7 +60,7 @@ def _restore(state) -> None:
         for k in _HOOK_DICTS:
             current = d.get(k)
             if current:
-                keep = hooks.get(k, ())
+                keep = kept.get(k, ()) if kept else ()
                 for key in [key for key in current if key not in keep]:
                     del current[key]
     for p, rg in params:
@@ -144,9 +155,13 @@ def capture(model: nn.Module, layer, stop: bool = False, leaf: bool = False):
                 h.remove()
 
 
-def _capture_hooks(model: nn.Module, module: nn.Module, stop: bool = False, leaf: bool = False) -> Capture:
+def _capture_hooks(model: nn.Module, module: nn.Module, stop: bool = False, leaf: bool = False,
+                   keep_gradients: bool = True) -> Capture:
     """The hooks of :func:`capture`, without its snapshot of the model: for callers that already
-    restore the model (inside :func:`frozen`). The caller removes ``cap._handles``."""
+    restore the model (inside :func:`frozen`). The caller removes ``cap._handles``.
+
+    ``keep_gradients=False`` leaves ``.gradients`` unset: no hook on the activations, which would
+    otherwise run (in Python) at every backward pass through them, for as long as they live."""
     name = models.layer_name(model, module)
     cap = Capture(name=name, module=module)
 
@@ -168,7 +183,7 @@ def _capture_hooks(model: nn.Module, module: nn.Module, stop: bool = False, leaf
         if leaf and not output.requires_grad and torch.is_grad_enabled():
             output = output.detach().requires_grad_(True)     # the graph starts here
         cap.activations = output
-        if output.requires_grad:
+        if keep_gradients and output.requires_grad:
             output.register_hook(store_grad)
         if stop:
             raise _StopForward(output)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -37,6 +38,7 @@ OFFLINE = ("shapesnet", "shapesnet-shuffled", "shapes-deconvnet")
 NAMES = tuple(TORCHVISION) + OFFLINE
 
 _INFO_ATTR = "_cnnvis_info"
+_INFERRED: "weakref.WeakKeyDictionary[nn.Module, ModelInfo]" = weakref.WeakKeyDictionary()  # info() of models not made by load
 
 
 @dataclass
@@ -168,17 +170,20 @@ def info(model: nn.Module) -> ModelInfo:
     Models made by :func:`load` carry it; for others it is inferred from the architecture
     (a ShapesNet -> the shapes world; a 1000-way classifier -> ImageNet).
     """
-    found = getattr(model, _INFO_ATTR, None)
+    found = model.__dict__.get(_INFO_ATTR) or _INFERRED.get(model)
     if found is not None:
         return found
     from . import shapes
 
     if isinstance(model, shapes.ShapesNet):
-        return ModelInfo("shapesnet", "shapes", list(shapes.CLASSES), tuple(shapes.MEAN),
-                         tuple(shapes.STD), shapes.SIZE, False)
-    kind = type(model).__name__.lower()
-    size = 299 if kind == "inception3" else 224
-    return ModelInfo(kind, "imagenet", imagenet_classes(), IMAGENET_MEAN, IMAGENET_STD, size, False)
+        found = ModelInfo("shapesnet", "shapes", list(shapes.CLASSES), tuple(shapes.MEAN),
+                          tuple(shapes.STD), shapes.SIZE, False)
+    else:
+        kind = type(model).__name__.lower()
+        size = 299 if kind == "inception3" else 224
+        found = ModelInfo(kind, "imagenet", imagenet_classes(), IMAGENET_MEAN, IMAGENET_STD, size, False)
+    _INFERRED[model] = found        # kept beside the model, not on it: the model is not changed
+    return found
 
 
 def class_names(model: nn.Module) -> list:

@@ -338,7 +338,7 @@ def test_cached_explainer_equals_the_functions(name):
     model, x = model_and_input(name)
     x1, t = x[:1], [1, 2, 8]                      # one image, three classes: one batched backward pass
     acts, grads, _ = cam._forward_backward(model, x1.clone(), [model.get_submodule(n) for n in LAYERS[name]],
-                                           torch.zeros(3, dtype=torch.long), torch.tensor(t))
+                                           [0, 0, 0], t)
     expected = {"grad_cam": cam.grad_cam(model, x1, t, LAYERS[name])}
     for i, layer in enumerate(LAYERS[name]):
         c = cam.Cached(model, x1, layer)
@@ -375,6 +375,32 @@ def test_cached_retargeting_runs_no_forward_pass_and_no_prefix():
     assert torch.allclose(c2.grad_cam([1, 2, 3]), cam.grad_cam(m2, x2, [1, 2, 3]), atol=1e-5)
     assert torch.allclose(c2.score_cam([1, 2, 3], progress=False),
                           cam.score_cam(m2, x2, [1, 2, 3], progress=False), atol=1e-5)
+
+
+def test_cached_retargeting_leaves_no_python_hook_on_the_activations():
+    """A hook on ``A`` would run in Python at every re-targeting backward pass for the cache's life."""
+    model, x = model_and_input("shapesnet", n=1)
+    c = cam.Cached(model, x)
+    assert not c.activations._backward_hooks
+    g = c.gradients(4)
+    (ref,) = torch.autograd.grad(c.logits[0, 4], c.activations, retain_graph=True)
+    assert torch.equal(g, ref)
+
+
+@pytest.mark.parametrize("shape,size", [((1, 16, 16), (128, 128)), ((3, 7, 7), (224, 224)),
+                                        ((2, 5, 9), (40, 31)), ((1, 32, 24), (20, 13)), ((2, 8, 8), (8, 8))])
+def test_upsample_is_torchs_bilinear_interpolation(shape, size):
+    """``upsample``'s two matrix products against ``F.interpolate`` and OpenCV (half-pixel centres):
+    up- and downsampling, non-square, one map and several."""
+    m = torch.rand(shape, generator=torch.Generator().manual_seed(sum(shape)), dtype=torch.float64)
+    ours = cam.upsample(m, size)
+    ref = nn.functional.interpolate(m[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    assert ours.shape == ref.shape and ours.dtype == torch.float64
+    assert torch.allclose(ours, ref, atol=1e-12)
+    ocv = np.stack([cv2.resize(a, size[::-1], interpolation=cv2.INTER_LINEAR) for a in m.float().numpy()])
+    close(ours.float(), ocv, atol=1e-5)
+    ours[:] = -1                                        # a new tensor, never a view of the input
+    assert float(m.min()) >= 0
 
 
 # ------------------------------------------------------------------------------------ the shapes world

@@ -59,6 +59,18 @@ def test_random_weights_switch_builds_the_real_architecture(monkeypatch):
     assert len(models.class_names(m)) == 1000
 
 
+def test_info_of_a_model_not_made_by_load_is_inferred_without_changing_it():
+    from helpers import shapes
+
+    for net, name, world in ((models._build_torchvision("alexnet", None), "alexnet", "imagenet"),
+                             (shapes.ShapesNet(), "shapesnet", "shapes")):
+        before = dict(net.__dict__)
+        first = models.info(net)
+        assert (first.name, first.world) == (name, world)
+        assert models.info(net) is first                    # inferred once, kept beside the model
+        assert net.__dict__ == before                       # nothing set on the model
+
+
 def test_shapesnet_loads_with_its_classes():
     from helpers import shapes
 
