@@ -81,6 +81,12 @@ def _plan(model: nn.Module, x: torch.Tensor, target):
     return image, classes
 
 
+def _per_map(t: torch.Tensor, image: list) -> torch.Tensor:
+    """``t[image]``: the rows of ``t`` (one per image) for each output map; ``t`` itself, not a
+    copy, when every image has one map, in order."""
+    return t if image == list(range(t.shape[0])) else t[image]
+
+
 def _layer_list(model: nn.Module, layer):
     """(modules, single): ``layer`` may be one layer or a list of layers (``None``: the last conv layer)."""
     single = not isinstance(layer, (list, tuple))
@@ -285,7 +291,7 @@ def cam(model: nn.Module, x: torch.Tensor, target, layer=None) -> torch.Tensor:
         A = cap.activations
         fc = gap_classifier(model, module, A, logits)
         w = fc.weight[classes]                                 # w_k^c: [M, K]
-        m = cam_map(A[image], w)                               # sum_k w_k^c A_k
+        m = cam_map(_per_map(A, image), w)                     # sum_k w_k^c A_k
     return to_heatmap(m, x.shape[-2:], signed=True)
 
 
@@ -308,7 +314,7 @@ def _gradient_method(formula, model, x, target, layer, **kwargs):
     image, classes = _plan(model, x, target)
     modules, single = _layer_list(model, layer)
     acts, grads, _ = _forward_backward(model, x, modules, image, classes)
-    maps = [to_heatmap(formula(A[image], g, **kwargs), x.shape[-2:])
+    maps = [to_heatmap(formula(_per_map(A, image), g, **kwargs), x.shape[-2:])
             for A, g in zip(acts, grads)]
     return maps[0] if single else torch.stack(maps)
 
@@ -339,7 +345,7 @@ def guided_grad_cam(model: nn.Module, x: torch.Tensor, target, layer=None) -> to
 
     x = _input(model, x)
     image, classes = _plan(model, x, target)
-    xs = x[image]
+    xs = _per_map(x, image)
     guided = gradients.guided(model, xs, classes)              # [M, 3, H, W]
     heat = grad_cam(model, x, target, layer)                   # [M, H, W] in [0, 1]
     return guided.detach().float().cpu() * heat[:, None]
@@ -537,10 +543,7 @@ class Cached:
         image, classes = _plan(self.model, self.x, target)
         (g,) = _class_gradients(self.logits, [self.activations], image, classes, retain_graph=True,
                                 eye=self._eye)
-        A = self._A
-        if image != list(range(A.shape[0])):                    # not simply one map per image
-            A = A[image]
-        return A, g                                             # g carries no graph (create_graph=False)
+        return _per_map(self._A, image), g                      # g carries no graph (create_graph=False)
 
     def grad_cam(self, target, counterfactual: bool = False) -> torch.Tensor:
         """Grad-CAM ``[M, H, W]`` for ``target`` (:func:`grad_cam_map`); equals :func:`grad_cam`."""
@@ -560,7 +563,7 @@ class Cached:
         fc = gap_classifier(self.model, self.layer, A, self.logits.detach())
         image, classes = _plan(self.model, self.x, target)
         with torch.no_grad():
-            m = cam_map(A[image], fc.weight[classes])
+            m = cam_map(_per_map(A, image), fc.weight[classes])
         return to_heatmap(m, self.size, signed=True)
 
     def score_cam(self, target, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
