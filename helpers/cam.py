@@ -112,8 +112,10 @@ def _linear_weights(n: int, size: int, dtype: torch.dtype, device: torch.device)
     Made by interpolating the identity (each input sample alone), so it is torch's own rule, not a
     re-derivation. Bilinear upsampling is this rule along the rows, then along the columns.
     """
-    eye = torch.eye(n, dtype=dtype, device=device)[:, None, :]           # n signals, one per sample
-    return F.interpolate(eye, size=size, mode="linear", align_corners=False)[:, 0].T.contiguous()
+    # kept for later calls: made outside inference mode and without a graph, so that any call may use it
+    with torch.inference_mode(False), torch.no_grad():
+        eye = torch.eye(n, dtype=dtype, device=device)[:, None, :]       # n signals, one per sample
+        return F.interpolate(eye, size=size, mode="linear", align_corners=False)[:, 0].T.contiguous()
 
 
 def upsample(m: torch.Tensor, size) -> torch.Tensor:

@@ -403,6 +403,16 @@ def test_upsample_is_torchs_bilinear_interpolation(shape, size):
     assert float(m.min()) >= 0
 
 
+def test_upsample_weights_made_in_inference_mode_serve_a_later_backward_pass():
+    with torch.inference_mode():
+        cam.upsample(torch.rand(1, 3, 5), (11, 17))      # the 1-D weights for these sizes are made here
+    m = torch.rand(1, 3, 5, requires_grad=True)
+    cam.upsample(m, (11, 17)).sum().backward()           # and used here, in a graph
+    ref = torch.rand(1, 3, 5, requires_grad=True)
+    nn.functional.interpolate(ref[:, None], size=(11, 17), mode="bilinear", align_corners=False).sum().backward()
+    assert torch.allclose(m.grad, ref.grad, atol=1e-6)
+
+
 # ------------------------------------------------------------------------------------ the shapes world
 def test_grad_cam_points_at_the_object_in_two_object_scenes():
     """Issue 4's bar: the pointing game (Zhang et al.) on 60 unseen two-object scenes, each object's class in turn.
