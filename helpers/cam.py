@@ -529,6 +529,7 @@ class Cached:
                 raise ValueError(f"layer {self.layer!r} did not run in the forward pass")
         self.activations = cap.activations                      # A: the leaf  [N, K, h, w]
         self._A = self.activations.detach()                     # the same values, without grad
+        # row c of the identity = d y^c / d logits: where the backward pass for class c starts
         self._eye = torch.eye(self.logits.shape[1], dtype=self.logits.dtype, device=self.logits.device)
         self._size = tuple(self.x.shape[-2:])
         self._score_cam = {}
