@@ -200,10 +200,7 @@ def _class_gradients(logits, activations, image, classes, retain_graph=False, ey
         if eye is not None:                                     # d(sum_i y_i[c_i]) / d logits
             onehot = eye[classes[0]:classes[0] + 1] if n == 1 else eye[classes]
             return list(torch.autograd.grad(logits, activations, onehot, retain_graph=retain_graph))
-        if n == 1:
-            score = logits[0, classes[0]]
-        else:
-            score = logits.gather(1, torch.tensor(classes, device=logits.device)[:, None]).sum()
+        score = logits.gather(1, torch.tensor(classes, device=logits.device)[:, None]).sum()
         return list(torch.autograd.grad(score, activations, retain_graph=retain_graph))
     onehots = _one_hot(logits, image, classes)
     try:
