@@ -601,21 +601,36 @@ def deep_dream(model: nn.Module, x: torch.Tensor, layer, channel: int | None = N
 
 
 # ------------------------------------------------------------------------------ chapter 18
+#: The smoothing constant of :func:`total_variation` (pixel units of [0, 1]).
+TV_EPS = 1e-3
+
+
 def alpha_norm(x: torch.Tensor, alpha: float = 6.0) -> torch.Tensor:
     """The paper's alpha-norm regulariser ``sum |x|^alpha`` per image ``[N]`` (chapter 18)."""
     return x.abs().pow(alpha).flatten(1).sum(1)
 
 
-def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
-    """The paper's total variation ``sum_ij ((x[i,j+1]-x[i,j])^2 + (x[i+1,j]-x[i,j])^2)^(beta/2)``, per image ``[N]``.
+def total_variation(x: torch.Tensor, beta: float = 2.0, eps: float = TV_EPS) -> torch.Tensor:
+    """The paper's total variation ``sum_ij ((x[i,j+1]-x[i,j])^2 + (x[i+1,j]-x[i,j])^2 + eps^2)^(beta/2)``, per image ``[N]``.
 
     Explained in chapter 18, Inverted representations. Differences are taken inside the image
     (the last row and column have no right/lower neighbour and are left out); the sum runs
     over pixels and colour channels.
+
+    Mahendran & Vedaldi's regulariser is ``sum ((dx^2 + dy^2)^(beta/2))``, i.e. ``eps=0``.
+    Added here: the small constant ``eps^2`` inside the root (:data:`TV_EPS`, a thousandth of
+    the pixel range, a quarter of a grey level, for ``x`` in pixel units). For ``beta < 2`` the
+    root has an infinite derivative at 0, and autograd gives NaN wherever a pixel equals its
+    right and lower neighbours (flat regions, pixels clipped at 0 or 1): a NaN pixel spreads over
+    the whole image within a few steps. With ``eps`` the gradient there is 0 (flat stays flat)
+    and finite everywhere. For ``beta = 2`` it only adds a constant: the gradient is unchanged.
     """
     dx = x[..., :-1, 1:] - x[..., :-1, :-1]
     dy = x[..., 1:, :-1] - x[..., :-1, :-1]
-    return (dx.pow(2) + dy.pow(2)).pow(beta / 2).flatten(1).sum(1)
+    s = dx.pow(2) + dy.pow(2)
+    if eps:
+        s = s + float(eps) ** 2
+    return s.pow(beta / 2).flatten(1).sum(1)
 
 
 @torch.no_grad()
@@ -647,7 +662,8 @@ def invert(model: nn.Module, x: torch.Tensor, layer, steps: int = 200, lr: float
                 + lambda_alpha * sum |u|^alpha / (H W B^alpha)
                 + lambda_tv * TV_beta(u) / (H W V^beta)
 
-    where ``u = pixels(x') - mean`` is the image in pixel units around the mean colour, and B,
+    where ``u = pixels(x') - mean`` is the image in pixel units around the mean colour,
+    ``TV_beta`` is :func:`total_variation` (with its small ``eps``, so ``beta < 2`` works), and B,
     V are the typical magnitudes of a pixel and of a pixel difference (:data:`B_PIXEL`,
     :data:`V_PIXEL`), so each regulariser is about 1 for a natural image. The default
     ``lambda_tv`` suits early layers, whose representation pins the image down; deep layers need

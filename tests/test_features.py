@@ -265,3 +265,29 @@ def test_invert_early_layer_reproduces_the_representation(net, scenes):
     rec_fc = features.invert(net, x[:1], "classifier", steps=10, progress=False)
     assert rec_fc.shape == (1, 3, 128, 128)
     assert (rec_fc - x[:1]).abs().mean() > (rec[:1] - x[:1]).abs().mean()
+
+
+def test_total_variation_beta_1_has_a_finite_gradient_where_neighbours_are_equal(net, scenes):
+    # two flat halves: inside each half every pixel equals its neighbours (like clipped pixels)
+    x = torch.zeros(1, 3, 8, 8)
+    x[..., 4:, :] = 0.5
+    x.requires_grad_(True)
+    (g,) = torch.autograd.grad(features.total_variation(x, beta=1.0).sum(), x)
+    assert torch.isfinite(g).all(), "NaN/inf gradient of TV_1 where neighbouring pixels are equal"
+    assert g[..., :3, :].abs().max() == 0 and g[..., 5:, :].abs().max() == 0   # flat inside: no pull
+    assert g[..., 3, :7].abs().min() > 0.9                                     # the step is pulled on
+    # the smoothing constant is small: on an image without equal neighbours value and gradient
+    # are the paper's (eps=0) ones
+    torch.manual_seed(0)
+    y = torch.rand(2, 3, 6, 7).requires_grad_(True)
+    for beta in (1.0, 2.0):
+        v, v0 = features.total_variation(y, beta), features.total_variation(y, beta, eps=0)
+        assert torch.allclose(v, v0, rtol=1e-3), (beta, v, v0)
+        (ga,) = torch.autograd.grad(v.sum(), y)
+        (gb,) = torch.autograd.grad(v0.sum(), y)
+        assert (ga - gb).abs().max() < 0.01 and (ga - gb).abs().mean() < 1e-3, beta   # gradients ~1
+    # an inversion with beta=1 stays finite (its pixels get clipped, so neighbours become equal)
+    x, _ = scenes
+    rec = features.invert(net, x[:3], "features.1", steps=80, beta=1.0, progress=False)
+    assert torch.isfinite(rec).all(), "the beta=1 inversion produced NaN pixels"
+    assert (features.relative_error(net, rec, x[:3], "features.1") < 0.3).all()
