@@ -2,11 +2,11 @@
 
 Two ideas live here:
 
-* **Weakly supervised segmentation** (Simonyan, Vedaldi & Zisserman 2014, section 4 "object
-  localisation"): a classifier's class saliency map picks foreground and background *seeds*
-  (its most and least salient pixels); GrabCut (Rother et al. 2004) fits colour models to the
-  seeds and cuts the image into object and background. Explained in chapter 22, Weakly
-  supervised segmentation.
+* **Weakly supervised segmentation** (Simonyan, Vedaldi & Zisserman 2014, section 3.2
+  "Weakly Supervised Object Localisation"): a classifier's class saliency map picks foreground
+  and background *seeds* (its most and least salient pixels); GrabCut (Rother et al. 2004) fits
+  colour models to the seeds and cuts the image into object and background. Explained in
+  chapter 22, Weakly supervised segmentation.
 * **DeconvNet** (Noh, Hong & Han 2015): a VGG-style encoder that keeps its max-pooling
   *switches*, and a mirrored decoder of unpooling and deconvolution (transposed convolution)
   layers, trained on per-pixel labels. Here it is scaled to the shapes world and trained by

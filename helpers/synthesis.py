@@ -185,12 +185,12 @@ def class_image(model: nn.Module, target, steps: int = 100, regularization: str 
         x <- x + lr * ( g / mean|g| - weight * dR/dx ),   g = dS_c/dx
 
     (the score's gradient is rescaled per image so that one ``lr`` and one ``weight`` suit
-    every network), then the regularisers of Yosinski et al. (2015), each off by default:
-    ``jitter`` (the forward pass sees ``x`` shifted by up to ``jitter`` pixels, drawn at
-    random each step), ``blur`` (every ``blur_every`` steps, a Gaussian blur of std ``blur``
-    pixels), ``clip`` (the ``clip`` percent of pixels with the smallest norm across colour
-    channels are set to 0, the mean colour). Finally ``x`` is clamped so its pixels stay in
-    [0, 1].
+    every network), then the image priors, each off by default: ``jitter`` (Mordvintsev et
+    al. 2015, DeepDream: the forward pass sees ``x`` shifted by up to ``jitter`` pixels, drawn
+    at random each step) and two of Yosinski et al. (2015): ``blur`` (every ``blur_every``
+    steps, a Gaussian blur of std ``blur`` pixels) and ``clip`` (the ``clip`` percent of
+    pixels with the smallest norm across colour channels are set to 0, the mean colour).
+    Finally ``x`` is clamped so its pixels stay in [0, 1].
 
     ``target`` is a class index or a list (one image per class, optimised together).
     ``start``: ``"zeros"`` (the mean image, as in the paper) or ``"random"`` (uniform pixel
