@@ -74,7 +74,7 @@ def block_layers(model: nn.Module) -> list:
     """Names of the ReLUs that close each block of ``features`` (the last conv of a block, rectified).
 
     A block ends at a max-pool (and the last block at the end of ``features``). VGG16:
-    ``features.3, .8, .15, .22, .29``; ShapesNet: ``features.1, .4, .9, .14``; AlexNet:
+    ``features.3, .8, .15, .22, .29``; ShapesNet: ``features.1, .4, .9, .16``; AlexNet:
     ``features.1, .4, .11``. Explained in chapter 05, DeconvNet.
     """
     feats = _features(model)
