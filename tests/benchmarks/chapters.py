@@ -46,6 +46,7 @@ def run(path: Path, offline: bool, threads: int, timeout: int) -> tuple:
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=False,
                             resources={"metadata": {"path": str(BOOK)}})
     start = time.perf_counter()
+    failed = []  # (cell index, last line of the error), every failing cell
     error = ""
     try:
         with client.setup_kernel():
@@ -54,13 +55,17 @@ def run(path: Path, offline: bool, threads: int, timeout: int) -> tuple:
                     continue
                 try:
                     client.execute_cell(cell, i)
-                except CellExecutionError as e:  # report the first failure, time the whole chapter
-                    error = error or re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()[-1][:120]
+                except CellExecutionError as e:  # time the whole chapter; report the first failure
+                    failed.append((i, re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip().splitlines()[-1][:120]))
     except Exception as e:  # a timeout or a dead kernel
         error = f"{type(e).__name__}: {str(e)[:100]}"
     finally:
         os.environ.clear()
         os.environ.update(env_backup)
+    if failed and not error:
+        # the first failure, and the cells of any others: a later cell that fails only because an
+        # earlier one did is still listed, so that no second failure hides behind the first
+        error = failed[0][1] + (f" (also cells {', '.join(str(i) for i, _ in failed[1:])})" if failed[1:] else "")
     return time.perf_counter() - start, error
 
 
