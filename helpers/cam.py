@@ -37,7 +37,7 @@ from . import hooks, models
 __all__ = [
     "cam", "grad_cam", "guided_grad_cam", "grad_cam_pp", "score_cam", "layer_cam",
     "cam_map", "grad_cam_map", "grad_cam_pp_map", "layer_cam_map", "score_cam_masks",
-    "gap_classifier", "fuse", "upsample", "to_heatmap", "Cached", "timings",
+    "gap_classifier", "fuse", "rescaled_for_fusion", "upsample", "to_heatmap", "Cached", "timings",
 ]
 
 
@@ -490,14 +490,22 @@ def fuse(maps: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
     layer's); the deepest map keeps ``M / max(M)``. The maps are then combined pixel by pixel
     by their maximum and scaled to [0, 1]. Explained in chapter 15, LayerCAM.
     """
+    fused = rescaled_for_fusion(maps, gamma).amax(0)
+    return to_heatmap(fused, fused.shape[-2:])
+
+
+def rescaled_for_fusion(maps: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """The layers' maps ``[L, M, H, W]`` as :func:`fuse` combines them, before the pixel-wise maximum.
+
+    Each map divided by its maximum (an all-zero map stays zero); the shallow layers' maps (all
+    but the last) then through ``tanh(gamma * .)``. Explained in chapter 15, LayerCAM.
+    """
     if maps.ndim != 4:
         raise ValueError(f"fuse takes maps [layers, M, H, W] (layer_cam with a list of layers), "
                          f"got shape {tuple(maps.shape)}")
     peak = maps.flatten(2).amax(2)[:, :, None, None]
     unit = torch.where(peak > 0, maps / peak.clamp_min(torch.finfo(maps.dtype).tiny), torch.zeros_like(maps))
-    scaled = torch.cat([torch.tanh(gamma * unit[:-1]), unit[-1:]])
-    fused = scaled.amax(0)
-    return to_heatmap(fused, fused.shape[-2:])
+    return torch.cat([torch.tanh(gamma * unit[:-1]), unit[-1:]])
 
 
 # ----------------------------------------------------------------------------- the cache (chapter 11)

@@ -314,6 +314,22 @@ def channels(model: nn.Module, name) -> int:
     return int(shape[1])
 
 
+def relu_outputs(model: nn.Module) -> list:
+    """Dotted names of layers whose output is non-negative and that run once per forward pass.
+
+    Shallow to deep, for the layer pickers of the CAM chapters (Grad-CAM++ and LayerCAM assume
+    non-negative activations; a conv's own output is signed). Sequential nets (VGG, AlexNet,
+    ShapesNet): the ReLU modules of ``features``. Otherwise the blocks, which end in a ReLU
+    or concatenate ReLU'd branches: ResNet's ``layer1``-``layer4`` (a block's ``relu`` module runs
+    three times per pass, which ``cam`` refuses), GoogLeNet's ``inception*`` (functional ReLUs),
+    Inception v3's ``Mixed*``. Explained in chapter 13, Grad-CAM++.
+    """
+    feats = getattr(model, "features", None)
+    if isinstance(feats, nn.Sequential):
+        return [f"features.{i}" for i, m in enumerate(feats) if isinstance(m, nn.ReLU)]
+    return [n for n, _ in model.named_children() if n.startswith(("layer", "inception", "Mixed"))]
+
+
 def last_conv_layer(model: nn.Module) -> str:
     """The name of the module whose output is the last convolutional feature map.
 

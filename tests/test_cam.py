@@ -270,6 +270,17 @@ def test_fuse_scales_shallow_layers_by_tanh_and_takes_the_maximum():
         cam.fuse(maps[0])
 
 
+def test_rescaled_for_fusion_is_what_fuse_combines_and_keeps_a_silent_layer_at_zero():
+    maps = torch.rand(3, 2, 16, 16) * torch.tensor([0.1, 3.0, 7.0])[:, None, None, None]
+    maps[1, 0] = 0.0                                          # one layer silent for one image
+    scaled = cam.rescaled_for_fusion(maps, gamma=2.0)
+    unit = maps / maps.flatten(2).amax(2).clamp_min(1e-30)[:, :, None, None]
+    assert torch.isfinite(scaled).all() and float(scaled[1, 0].abs().max()) == 0.0
+    torch.testing.assert_close(scaled[:2], torch.tanh(2.0 * unit[:2]))
+    torch.testing.assert_close(scaled[2], unit[2])
+    torch.testing.assert_close(cam.fuse(maps, gamma=2.0), cam.to_heatmap(scaled.amax(0), (16, 16)))
+
+
 # ------------------------------------------------------------------------------------ Score-CAM
 def reference_score_cam(model, x1, layer, target):
     """One masked image at a time: OpenCV upsampling, min-max, softmax probability minus the baseline's."""

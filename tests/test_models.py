@@ -167,3 +167,28 @@ def test_probe_records_every_call_in_order_and_restores_the_model(archs):
         assert {k: dict(getattr(mod, k)) for mod in m.modules() for k in ("_forward_hooks",)} == before
     finally:
         m.eval()
+
+
+@pytest.mark.parametrize("name", ARCHS + ["shapesnet"])
+def test_relu_outputs_are_non_negative_and_run_once(archs, name):
+    model = models.load("shapesnet") if name == "shapesnet" else archs[name]
+    names = models.relu_outputs(model)
+    assert len(names) >= 3 and models.last_conv_layer(model) in names
+    calls, outputs = {n: 0 for n in names}, {}
+
+    def hook(n):
+        def run(_m, _i, out):
+            calls[n] += 1
+            outputs[n] = out
+        return run
+
+    handles = [models.layer(model, n).register_forward_hook(hook(n)) for n in names]
+    try:
+        size = models.info(model).input_size
+        with torch.no_grad():
+            model(torch.randn(1, 3, size, size))
+    finally:
+        for h in handles:
+            h.remove()
+    assert all(c == 1 for c in calls.values()), calls
+    assert all(float(o.min()) >= 0 for o in outputs.values()), {n: float(o.min()) for n, o in outputs.items()}
