@@ -294,9 +294,10 @@ def _bounds(model: nn.Module, device, dtype):
 
 
 def _check_x(model, x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+    if (not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1
+            or not x.is_floating_point()):
         what = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a normalised float batch [N, 3, H, W] (images.to_tensor), got {what}")
+        raise ValueError(f"x must be a normalised float batch [N, 3, H, W] with N >= 1 (images.to_tensor), got {what}")
     p = next(model.parameters())
     return x.detach().to(p.device, p.dtype)
 

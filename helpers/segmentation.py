@@ -402,8 +402,8 @@ def segment(model: nn.Module, x: torch.Tensor, batch_size: int = 32) -> torch.Te
         raise ValueError(f"x must be a normalised batch [N, 3, H, W], got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     with hooks.frozen(model), torch.no_grad():
-        dev = _model_device(model)
-        out = [model(x[i:i + batch_size].to(dev)).argmax(1).cpu()
+        p = next(model.parameters())
+        out = [model(x[i:i + batch_size].to(p.device, p.dtype)).argmax(1).cpu()
                for i in range(0, len(x), batch_size)]
     return torch.cat(out)
 

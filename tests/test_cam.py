@@ -494,6 +494,16 @@ def test_clear_errors():
         cam.grad_cam(model, torch.cat([x, x]), [1, 2, 3])
     with pytest.raises(ValueError, match="empty"):
         cam.grad_cam(model, x, [])
+    with pytest.raises(ValueError, match="N >= 1"):
+        cam.grad_cam(model, x[:0], 1)
+
+
+def test_input_takes_the_models_dtype():
+    """A float64 batch (numpy's default) gives the float32 maps, as in helpers.gradients."""
+    model, x = model_and_input("shapesnet", n=2)
+    for fn in (cam.cam, cam.grad_cam, cam.grad_cam_pp, cam.layer_cam, cam.guided_grad_cam):
+        torch.testing.assert_close(fn(model, x.double(), 2), fn(model, x, 2))
+    assert torch.equal(cam.Cached(model, x.double()).grad_cam(3), cam.Cached(model, x).grad_cam(3))
 
 
 def test_maps_are_in_unit_range_at_input_resolution_on_the_cpu():

@@ -60,6 +60,7 @@ def test_feature_maps_equal_the_sequential_sliced_by_hand(net, scenes):
     cls = features.feature_maps(net, x, "classifier")
     k = len(models.class_names(net))
     assert cls.shape == (6, k, 1, 1) and torch.allclose(cls[:, :, 0, 0], logits, atol=1e-5)
+    assert torch.equal(features.feature_maps(net, x.double(), "features.3", batch_size=4), got)  # model's dtype
 
 
 def test_filters_are_the_first_conv_weights_as_tiles(net):

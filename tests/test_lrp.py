@@ -254,6 +254,8 @@ def test_errors(net, data):
         lrp.lrp(net, x, 0, epsilon=-1)
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         lrp.lrp(net, x[0], 0)
+    with pytest.raises(ValueError, match="N >= 1"):
+        lrp.lrp(net, x[:0], 0)
     bn = nn.Module()
     bn.features = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
     bn.classifier = nn.Linear(4, 2)

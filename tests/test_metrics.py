@@ -176,6 +176,8 @@ def test_deletion_equals_a_reference_loop(net, batch):
         p_end = torch.softmax(net(x), 1)[torch.arange(2), y]
     assert np.allclose(ins.scores[:, -1], p_end.numpy(), atol=1e-5)     # everything inserted: the image
     assert np.allclose(curve.scores[:, 0], p_end.numpy(), atol=1e-5)    # nothing deleted: the image
+    as_f64 = metrics.deletion(net, x.double(), y, heat, steps=4, batch_size=3)  # runs in the model's dtype
+    assert np.allclose(as_f64.scores, curve.scores, atol=1e-6)
 
 
 def test_ties_are_broken_at_random_not_in_raster_order(pixel_model):

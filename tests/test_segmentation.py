@@ -245,6 +245,7 @@ def test_segment_is_argmax_and_leaves_model_unchanged(net):
     with torch.no_grad():
         ref = torch.cat([net(x[i:i + 1]) for i in range(5)]).argmax(1)
     assert torch.equal(out, ref)
+    assert torch.equal(segmentation.segment(net, x.double(), batch_size=2), ref)   # runs in the model's dtype
     net.train()
     before = _model_state(net)
     with pytest.raises(ValueError, match="divisible"):
