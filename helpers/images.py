@@ -400,10 +400,37 @@ def _as_rgb_uint8(image) -> np.ndarray:
             raise ValueError("to_tensor: an RGBA array must be uint8")
         a = _on_white(a)
     if a.dtype != np.uint8:
-        if np.issubdtype(a.dtype, np.floating) and a.size and float(np.nanmax(a)) <= 1.0:
-            a = a * 255.0  # float pictures in [0, 1]
-        a = np.clip(np.rint(np.nan_to_num(a.astype(np.float64))), 0, 255).astype(np.uint8)
+        a = _array_to_uint8(a)
     return a
+
+
+def _array_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Pixels of another dtype to uint8, as :func:`load` reads files; ambiguous arrays are refused.
+
+    uint16 samples are scaled (65535 -> 255, as a 16-bit file); other integers must be 0..255;
+    floats in [0, 1] are pixels / 255, floats up to 255 are pixels. Negative values (most often a
+    normalised tensor turned into an array), values above 65535 or 255, NaN and booleans (a mask,
+    not a picture) raise a ValueError instead of being clipped into a wrong picture.
+    """
+    accepted = ("accepted: uint8 0..255, uint16 0..65535, other integers 0..255, floats in [0, 1] "
+                "or [0, 255]")
+    if a.dtype == np.bool_:
+        raise ValueError(f"to_tensor() got a boolean array (a mask?), not a picture; {accepted}")
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"to_tensor() got an array of dtype {a.dtype}; {accepted}")
+    f = a.astype(np.float64)
+    if not np.isfinite(f).all():
+        raise ValueError(f"to_tensor() got an image with NaN or infinite values; {accepted}")
+    lo, hi = float(f.min()), float(f.max())
+    if a.dtype == np.uint16:
+        f = f / 257.0                                           # 65535 -> 255, as 16-bit files
+    elif np.issubdtype(a.dtype, np.floating) and lo >= 0 and hi <= 1.0:
+        f = f * 255.0                                           # float pictures in [0, 1]
+    elif lo < 0 or hi > 255:
+        hint = (" (negative values: is it a normalised tensor? images.to_image turns one back)"
+                if lo < 0 else "")
+        raise ValueError(f"to_tensor() got {a.dtype} pixels spanning [{lo:g}, {hi:g}]{hint}; {accepted}")
+    return np.clip(np.rint(f), 0, 255).astype(np.uint8)
 
 
 def to_tensor(image, model=None, size=None, mean=None, std=None, device=None) -> torch.Tensor:

@@ -399,6 +399,22 @@ def test_to_tensor_batch_and_inputs(tmp_path):
                                images.to_tensor(np.repeat(gray[..., None], 3, 2)))
 
 
+def test_to_tensor_arrays_of_other_dtypes_read_like_files():
+    a = rng_image(6, 7)
+    ref = images.to_tensor(a)
+    torch.testing.assert_close(images.to_tensor(a / 255.0), ref)                  # floats in [0, 1]
+    torch.testing.assert_close(images.to_tensor(a.astype(np.float32)), ref)       # floats in [0, 255]
+    torch.testing.assert_close(images.to_tensor(a.astype(np.int64)), ref)         # integers 0..255
+    torch.testing.assert_close(images.to_tensor(a.astype(np.uint16) * 257), ref)  # 16 bits, as a file
+    normalised = images.to_tensor(a)[0].permute(1, 2, 0).numpy()
+    with pytest.raises(ValueError, match="normalised tensor"):                    # was clipped to black
+        images.to_tensor(normalised)
+    for bad, match in ((np.full((4, 4, 3), np.nan), "NaN"), (a > 128, "boolean"),
+                       (a.astype(np.int64) + 300, "spanning")):
+        with pytest.raises(ValueError, match=match):
+            images.to_tensor(bad)
+
+
 def test_to_image_defaults_grad_and_clipping():
     a = rng_image(8, 8)
     x = images.to_tensor(a).requires_grad_(True)  # ImageNet statistics by default
