@@ -221,6 +221,17 @@ def _class_gradients(logits, activations, image, classes, retain_graph=False, ey
     return grads
 
 
+def _check_maps(cap, model) -> None:
+    """The captured output must exist and be feature maps ``[N, K, h, w]`` (not a linear layer's)."""
+    name = models.info(model).name
+    if cap.activations is None:
+        raise ValueError(f"layer {cap.name!r} did not run in the forward pass of {name}")
+    if cap.activations.ndim != 4:
+        raise ValueError(f"layer {cap.name!r} of {name} gives outputs of shape "
+                         f"{tuple(cap.activations.shape)}, not feature maps [N, K, h, w]: a class "
+                         f"activation map needs a conv layer, a ReLU or a block before the pooling")
+
+
 def _forward_backward(model, x, layers, image, classes, retain_graph=False):
     """Activations and class-score gradients of the given layers (one forward, one backward).
 
@@ -232,9 +243,7 @@ def _forward_backward(model, x, layers, image, classes, retain_graph=False):
     with _captured(model, layers, leaf=True) as caps, torch.enable_grad():
         logits = _logits(model(x), model)
         for cap in caps:
-            if cap.activations is None:
-                raise ValueError(f"layer {cap.name!r} did not run in the forward pass of "
-                                 f"{models.info(model).name}")
+            _check_maps(cap, model)
         grads = _class_gradients(logits, [cap.activations for cap in caps], image, classes, retain_graph)
     return [cap.activations.detach() for cap in caps], [g.detach() for g in grads], logits
 
@@ -449,6 +458,7 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer=None, batch_size:
     with hooks.frozen(model), torch.no_grad():
         with hooks.capture(model, module) as cap:              # a whole forward pass, so that a module
             _logits(model(x), model)                           # that runs twice is refused, not cut short
+        _check_maps(cap, model)
         A = cap.activations                                    # A^k: [N, K, h, w]
         p_base = torch.softmax(_logits(model(torch.zeros_like(x[:1])), model).float(), dim=1)[0]
         k = A.shape[1]
@@ -537,8 +547,7 @@ class Cached:
         self.layer = models.layer_name(model, module)
         with _captured(model, [module], leaf=True) as (cap,), torch.enable_grad():
             self.logits = _logits(model(self.x), model)         # its graph back to A is kept
-            if cap.activations is None:
-                raise ValueError(f"layer {self.layer!r} did not run in the forward pass")
+            _check_maps(cap, model)
         self.activations = cap.activations                      # A: the leaf  [N, K, h, w]
         self._A = self.activations.detach()                     # the same values, without grad
         # row c of the identity = d y^c / d logits: where the backward pass for class c starts

@@ -496,6 +496,9 @@ def test_clear_errors():
         cam.grad_cam(model, x, [])
     with pytest.raises(ValueError, match="N >= 1"):
         cam.grad_cam(model, x[:0], 1)
+    for fn in (cam.grad_cam, cam.grad_cam_pp, cam.layer_cam, cam.score_cam, cam.Cached):   # a linear layer
+        with pytest.raises(ValueError, match=r"not feature maps \[N, K, h, w\]"):
+            fn(model, x, "classifier") if fn is cam.Cached else fn(model, x, 1, "classifier")
 
 
 def test_input_takes_the_models_dtype():
