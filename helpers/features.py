@@ -29,7 +29,7 @@ __all__ = [
     "PARAMS", "feature_maps", "filters", "top_channels", "channel_map", "prefix",
     "FilterOptimizer", "visualize_filter", "visualize_filters", "color_correlation",
     "fourier_scale", "deep_dream", "dream_step", "invert", "relative_error",
-    "alpha_norm", "total_variation", "mean_activation", "layer_norm",
+    "alpha_norm", "total_variation", "mean_activation", "layer_norm", "selective_channels",
 ]
 
 #: The three image parameterisations of :func:`visualize_filter` (chapter 16).
@@ -216,6 +216,45 @@ def mean_activation(model: nn.Module, x: torch.Tensor, layer, channel: int) -> t
     maps = feature_maps(model, x, layer)
     c = _check_channel(models.layer_name(model, layer), channel, maps.shape[1])
     return maps[:, c].flatten(1).mean(1)
+
+
+def selective_channels(maps: torch.Tensor, labels, k: int = 4) -> list:
+    """The channels that single out one label most, one per label: ``[(channel, label, selectivity)]``.
+
+    Explained in chapter 16, Activation maximization (which channels are worth visualising).
+    ``maps`` ``[N, C, h, w]`` is what :func:`feature_maps` returns for N labelled images,
+    ``labels`` one int per image (at least two different ones). A channel's response to an image
+    is its largest activation over positions (a detector fires *somewhere*; the mean would dilute
+    it in the background). With ``mu[j]`` the mean response to the images of label j, the
+    channel's selectivity for its preferred label ``j*`` (the largest ``mu``) is
+
+        (mu[j*] - mean of mu[j] over the other labels) / std of the responses over all N images
+
+    (a channel that never varies scores 0). Of each label the most selective channel is kept; the
+    ``k`` labels whose channels are most selective come back, most selective first.
+    """
+    if maps.ndim != 4:
+        raise ValueError(f"selective_channels takes feature maps [N, C, h, w], got shape {tuple(maps.shape)}")
+    labels = torch.as_tensor(labels).reshape(-1)
+    if len(labels) != maps.shape[0] or labels.is_floating_point():
+        raise ValueError(f"labels must be one int per image ({maps.shape[0]}), got {len(labels)} of {labels.dtype}")
+    kinds = labels.unique()
+    if len(kinds) < 2:
+        raise ValueError("selectivity needs images of at least two different labels")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    r = maps.flatten(2).amax(2).double()                                      # [N, C] responses
+    mu = torch.stack([r[labels == j].mean(0) for j in kinds])                # [L, C]
+    best = mu.argmax(0)                                                       # preferred label per channel
+    others = (mu.sum(0) - mu.max(0).values) / (len(kinds) - 1)
+    spread = r.std(0)
+    sel = torch.where(spread > 0, (mu.max(0).values - others) / spread.clamp_min(1e-30), torch.zeros_like(spread))
+    chosen = {}
+    for c in sel.argsort(descending=True).tolist():                           # most selective first
+        j = int(kinds[best[c]])
+        if j not in chosen:
+            chosen[j] = (c, j, float(sel[c]))
+    return list(chosen.values())[:k]
 
 
 @functools.lru_cache(maxsize=4)

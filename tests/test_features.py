@@ -292,3 +292,37 @@ def test_total_variation_beta_1_has_a_finite_gradient_where_neighbours_are_equal
     rec = features.invert(net, x[:3], "features.1", steps=80, beta=1.0, progress=False)
     assert torch.isfinite(rec).all(), "the beta=1 inversion produced NaN pixels"
     assert (features.relative_error(net, rec, x[:3], "features.1") < 0.3).all()
+
+
+def test_selective_channels_finds_the_channel_of_each_colour():
+    """A layer whose channel c is the amount of colour c: each colour's channel is found, in order."""
+    gen = torch.Generator().manual_seed(0)
+    n, labels = 60, torch.arange(60) % 3                           # three labels: red, green, blue images
+    maps = torch.rand(n, 5, 4, 4, generator=gen) * 0.2            # channels 3, 4: noise, no label
+    for i, j in enumerate(labels.tolist()):
+        maps[i, j, 1, 2] += 1.0 + 0.5 * j                          # one position fires: the max sees it
+    got = features.selective_channels(maps, labels, k=3)
+    assert sorted((c, j) for c, j, _ in got) == [(0, 0), (1, 1), (2, 2)]
+    assert all(s > 1 for _, _, s in got) and [s for *_, s in got] == sorted((s for *_, s in got), reverse=True)
+    # an independent computation of the selectivity of channel 2 for label 2
+    r = maps[:, 2].flatten(1).amax(1).double()
+    mu = [float(r[labels == j].mean()) for j in range(3)]
+    ref = (mu[2] - (mu[0] + mu[1]) / 2) / float(r.std())
+    assert dict(((c, s) for c, _, s in got))[2] == pytest.approx(ref)
+    assert len(features.selective_channels(maps, labels, k=1)) == 1
+    with pytest.raises(ValueError, match="two different labels"):
+        features.selective_channels(maps, torch.zeros(n, dtype=torch.long))
+    with pytest.raises(ValueError, match="one int per image"):
+        features.selective_channels(maps, labels[:10])
+
+
+def test_selective_channels_of_shapesnet_respond_to_their_shape(net):
+    """On held-out scenes, the chosen channel of the last conv layer fires more for its shape than for any other."""
+    x, y = shapes.batch(range(90))                                  # seeds below TRAIN_SEED_START: never trained on
+    maps = features.feature_maps(net, x, "features.15")
+    x2, y2 = shapes.batch(range(90, 180))                           # fresh scenes: not a fit to the first ones
+    maps2 = features.feature_maps(net, x2, "features.15")
+    for c, j, s in features.selective_channels(maps, y, k=4):
+        r = maps2[:, c].flatten(1).amax(1)
+        own, rest = float(r[y2 == j].mean()), max(float(r[y2 == o].mean()) for o in set(y2.tolist()) - {j})
+        assert s > 1.5 and own > 1.2 * rest, (c, shapes.CLASSES[j], s, own, rest)
