@@ -118,7 +118,7 @@ class Grade:
     path: str
     chapter: str
     passed: bool
-    status: str            # "passed", "not implemented", "check failed", "error", "not matched"
+    status: str            # "passed", "not implemented", "check failed", "error", "not matched", "unreadable"
     message: str = ""
 
     def __str__(self) -> str:
@@ -179,8 +179,12 @@ def grade(path, book: Path = BOOK, timeout: int = 600, offline: bool = True) -> 
     chapter = matches[0]
     original = json.loads(chapter.read_text())
     try:
-        answers = _answers(json.loads(path.read_text()), original)
-    except LookupError as e:
+        submission = json.loads(path.read_text())
+    except (OSError, ValueError) as e:   # missing, not text, not JSON: grade the others
+        return Grade(str(path), chapter.stem, False, "unreadable", f"{type(e).__name__}: {str(e)[:200]}")
+    try:
+        answers = _answers(submission, original)
+    except (LookupError, TypeError) as e:
         return Grade(str(path), chapter.stem, False, "not matched", str(e))
     nb = nbformat.reads(json.dumps(original), as_version=4)
     for i, src in answers.items():
@@ -225,7 +229,12 @@ def _main(argv=None) -> int:
     g.add_argument("--timeout", type=int, default=600, help="seconds per cell (600)")
     args = parser.parse_args(argv)
     if args.command == "grade":
-        grades = [grade(p, timeout=args.timeout, offline=not args.online) for p in args.notebooks]
+        grades = []
+        for p in args.notebooks:   # a file that names no chapter is reported, and the others graded
+            try:
+                grades.append(grade(p, timeout=args.timeout, offline=not args.online))
+            except ValueError as e:
+                grades.append(Grade(str(p), "-", False, "not matched", str(e)))
         for r in grades:
             print(r)
         print(f"{sum(r.passed for r in grades)} of {len(grades)} passed")

@@ -208,3 +208,11 @@ def test_grade_runs_the_chapters_own_check_on_the_students_cells(tmp_path, capsy
     assert assignments._main(["grade", str(tmp_path / "03_good.ipynb")]) == 0
     assert assignments._main(["grade", str(tmp_path / "03_good.ipynb"), str(tmp_path / "03_bad.ipynb")]) == 1
     assert "1 of 2 passed" in capsys.readouterr().out
+    # files an instructor gets by mistake: reported one by one, the good one still graded
+    (tmp_path / "03_empty.ipynb").write_text("")
+    assert assignments.grade(tmp_path / "03_missing.ipynb").status == "unreadable"
+    assert assignments.grade(tmp_path / "03_empty.ipynb").status == "unreadable"
+    assert assignments._main(["grade", str(tmp_path / "homework.ipynb"), str(tmp_path / "03_empty.ipynb"),
+                              str(tmp_path / "03_good.ipynb")]) == 1
+    out = capsys.readouterr().out
+    assert "homework.ipynb (-): not matched" in out and "unreadable" in out and "1 of 3 passed" in out
