@@ -49,13 +49,6 @@ def _device(model: nn.Module) -> torch.device:
         return torch.device("cpu")
 
 
-def _dtype(model: nn.Module) -> torch.dtype:
-    try:
-        return next(model.parameters()).dtype
-    except StopIteration:  # pragma: no cover
-        return torch.get_default_dtype()
-
-
 def _input(model: nn.Module, x) -> torch.Tensor:
     """The normalised batch on the model's device and in its dtype, detached (no graph to the caller's tensor)."""
     if not isinstance(x, torch.Tensor):
@@ -66,7 +59,7 @@ def _input(model: nn.Module, x) -> torch.Tensor:
                          f"(images.to_tensor(image, model) gives [1, 3, H, W]); got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"x must be a float tensor (normalised pixels), got dtype {x.dtype}")
-    return x.detach().to(device=_device(model), dtype=_dtype(model))
+    return models.as_input(model, x)
 
 
 def _plan(model: nn.Module, x: torch.Tensor, target):

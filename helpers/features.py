@@ -137,10 +137,8 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layer, batch_size: int = 32)
     to the layer is computed, in batches of ``batch_size``.
     """
     x = _check_x(x, "feature_maps")
-    device = _device(model)
-    dtype = next(model.parameters()).dtype                  # a float64 batch runs in the model's dtype
     with hooks.frozen(model):
-        outs = [hooks.forward_to(model, x[i:i + batch_size].to(device, dtype), layer).float().cpu()
+        outs = [hooks.forward_to(model, models.as_input(model, x[i:i + batch_size]), layer).float().cpu()
                 for i in range(0, x.shape[0], batch_size)]
     out = torch.cat(outs)
     if out.ndim == 2:

@@ -309,7 +309,7 @@ def _causal_curve(model, x, target, heatmap, steps, batch_size, mode, substrate,
     if h.shape[0] != x.shape[0] or h.shape[1:] != x.shape[2:]:
         raise ValueError(f"{fn}: heatmap {tuple(h.shape)} must be [N, H, W] matching x {tuple(x.shape)}")
     dev = _device(model)
-    x = x.to(device=dev, dtype=next(model.parameters()).dtype)      # float64 in: the model's dtype
+    x = models.as_input(model, x)
     if isinstance(substrate, torch.Tensor):
         base = substrate.detach().to(device=dev, dtype=x.dtype).expand_as(x)
     elif substrate == "blur":
@@ -876,7 +876,7 @@ def leaderboard(model: nn.Module, x: torch.Tensor, target, masks=None, attributi
         if masks.shape != (n, *x.shape[2:]):
             raise ValueError(f"masks must be [N, H, W] = {(n, *x.shape[2:])}, got {masks.shape}")
     dev = _device(model)
-    xd = x.to(device=dev, dtype=next(model.parameters()).dtype)
+    xd = models.as_input(model, x)
     with hooks.frozen(model), torch.no_grad():
         _logits(model(xd[:1]))  # warm-up
         t_forward = _median_time(lambda: model(xd), 5, dev)

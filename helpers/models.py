@@ -186,6 +186,13 @@ def info(model: nn.Module) -> ModelInfo:
     return found
 
 
+def as_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` detached, on the model's device and in its parameters' dtype (a float64 batch, numpy's
+    default, runs as the model's float32). Explained in chapter 00, Models and images."""
+    p = next(model.parameters())
+    return x.detach().to(device=p.device, dtype=p.dtype)
+
+
 def class_names(model: nn.Module) -> list:
     """The model's class names, index order (ImageNet's 1000 or the shapes)."""
     return list(info(model).classes)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import shapes
+from . import models, shapes
 
 __all__ = [
     "grabcut_seeds", "grabcut_from_saliency", "largest_component", "iou", "DeconvNet", "deconvnet_like", "init_encoder", "segment", "label_map",
@@ -402,8 +402,7 @@ def segment(model: nn.Module, x: torch.Tensor, batch_size: int = 32) -> torch.Te
         raise ValueError(f"x must be a normalised batch [N, 3, H, W], got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
     with hooks.frozen(model), torch.no_grad():
-        p = next(model.parameters())
-        out = [model(x[i:i + batch_size].to(p.device, p.dtype)).argmax(1).cpu()
+        out = [model(models.as_input(model, x[i:i + batch_size])).argmax(1).cpu()
                for i in range(0, len(x), batch_size)]
     return torch.cat(out)
 

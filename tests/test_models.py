@@ -192,3 +192,11 @@ def test_relu_outputs_are_non_negative_and_run_once(archs, name):
             h.remove()
     assert all(c == 1 for c in calls.values()), calls
     assert all(float(o.min()) >= 0 for o in outputs.values()), {n: float(o.min()) for n, o in outputs.items()}
+
+
+def test_as_input_moves_to_the_models_device_and_dtype():
+    net = models.load("shapesnet")
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, requires_grad=True)
+    y = models.as_input(net, x)
+    assert y.dtype == torch.float32 and y.device == next(net.parameters()).device and not y.requires_grad
+    assert torch.equal(y, x.detach().float())
