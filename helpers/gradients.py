@@ -72,13 +72,6 @@ _GPU_BATCH_PIXELS = 2 ** 20
 # Checks and small tools
 # --------------------------------------------------------------------------------------------
 
-def _param(model: nn.Module) -> torch.Tensor:
-    try:
-        return next(model.parameters())
-    except StopIteration:  # a model without parameters: CPU, float32
-        return torch.zeros(())
-
-
 def _check_x(model: nn.Module, x, fn: str) -> torch.Tensor:
     """The input as a detached tensor on the model's device and in its dtype; clear errors."""
     if not isinstance(x, torch.Tensor):
@@ -94,8 +87,7 @@ def _check_x(model: nn.Module, x, fn: str) -> torch.Tensor:
     if not x.is_floating_point():
         raise ValueError(f"{fn}: x must be a float tensor (normalised pixels), got {x.dtype}; "
                          f"make it with helpers.images.to_tensor(image, model)")
-    p = _param(model)
-    return x.detach().to(device=p.device, dtype=p.dtype)
+    return models.as_input(model, x)
 
 
 def _logits(out) -> torch.Tensor:

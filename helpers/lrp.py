@@ -298,8 +298,7 @@ def _check_x(model, x) -> torch.Tensor:
             or not x.is_floating_point()):
         what = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a normalised float batch [N, 3, H, W] with N >= 1 (images.to_tensor), got {what}")
-    p = next(model.parameters())
-    return x.detach().to(p.device, p.dtype)
+    return models.as_input(model, x)
 
 
 def _check_params(epsilon, gamma):

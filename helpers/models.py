@@ -188,8 +188,11 @@ def info(model: nn.Module) -> ModelInfo:
 
 def as_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x`` detached, on the model's device and in its parameters' dtype (a float64 batch, numpy's
-    default, runs as the model's float32). Explained in chapter 00, Models and images."""
-    p = next(model.parameters())
+    default, runs as the model's float32); a model without parameters takes CPU float32.
+    Explained in chapter 00, Models and images."""
+    p = next(model.parameters(), None)
+    if p is None:
+        return x.detach().to(device="cpu", dtype=torch.float32)
     return x.detach().to(device=p.device, dtype=p.dtype)
 
 

@@ -200,3 +200,6 @@ def test_as_input_moves_to_the_models_device_and_dtype():
     y = models.as_input(net, x)
     assert y.dtype == torch.float32 and y.device == next(net.parameters()).device and not y.requires_grad
     assert torch.equal(y, x.detach().float())
+    # a model without parameters (an nn.Identity, say) takes CPU float32
+    z = models.as_input(torch.nn.Identity(), x)
+    assert z.dtype == torch.float32 and z.device.type == "cpu" and not z.requires_grad
