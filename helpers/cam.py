@@ -36,7 +36,7 @@ from . import hooks, models
 
 __all__ = [
     "cam", "grad_cam", "guided_grad_cam", "grad_cam_pp", "score_cam", "layer_cam",
-    "cam_map", "grad_cam_map", "grad_cam_pp_map", "layer_cam_map", "score_cam_masks",
+    "cam_map", "grad_cam_map", "grad_cam_pp_map", "layer_cam_map", "score_cam_masks", "score_cam_weights",
     "gap_classifier", "fuse", "rescaled_for_fusion", "upsample", "to_heatmap", "Cached", "timings",
 ]
 
@@ -368,8 +368,9 @@ def grad_cam_pp_map(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     ``alpha_ij^kc = g^2 / (2 g^2 + sum_ab A^k_ab g^3)``. The weights are
     ``w_k^c = sum_ij alpha_ij^kc ReLU(dY^c/dA^k_ij)``; the paper's ``dY/dA = exp(S) g`` only
     scales every map by the positive ``exp(S)``, which the [0, 1] scaling removes, so ``g`` is
-    used. ``L^c = ReLU(sum_k w_k^c A^k)``. Where the denominator is 0 (there ``g = 0``), alpha
-    is 0. Explained in chapter 13, Grad-CAM++.
+    used. ``L^c = ReLU(sum_k w_k^c A^k)``. The denominator is 0 where ``g = 0`` or
+    ``g = -2 / sum_ab A^k_ab``; alpha is set to 0 there, which changes nothing, since ``ReLU(g) = 0``
+    at both. Explained in chapter 13, Grad-CAM++.
     """
     g2, g3 = g.pow(2), g.pow(3)
     denominator = 2 * g2 + A.sum(dim=(2, 3), keepdim=True) * g3
@@ -407,37 +408,68 @@ def _default_batch_size(x: torch.Tensor) -> int:
     return max(1, 2 ** 20 // (x.shape[-1] * x.shape[-2]))
 
 
-def _mask_probabilities(model, x1, A1, batch_size, bar):
-    """Softmax probabilities of every class for the masked images ``x1 * H^k`` ``[K, C]``.
+def _mask_logits(model, x1, A1, batch_size, bar):
+    """The network's output (logits) for the masked images ``x1 * H^k``: ``[K, C]``.
 
     Channels whose mask is all zero give the baseline image; they are not run (their row is
-    NaN, filled in by the caller with the baseline's probabilities).
+    NaN, filled in by :func:`score_cam_weights` with the baseline's output).
     """
     masks = score_cam_masks(A1, x1.shape[-2:])                 # H^k: [K, H, W]
     live = (masks.flatten(1).amax(1) > 0).nonzero()[:, 0]
-    probs = None
+    out = None
     for start in range(0, len(live), batch_size):
         idx = live[start:start + batch_size]
         masked = x1[None] * masks[idx, None]                    # X o H^k: [B, 3, H, W]
-        p = torch.softmax(_logits(model(masked), model).float(), dim=1)
-        if probs is None:
-            probs = torch.full((len(masks), p.shape[1]), float("nan"), device=p.device)
-        probs[idx] = p
+        y = _logits(model(masked), model).float()
+        if out is None:
+            out = torch.full((len(masks), y.shape[1]), float("nan"), device=y.device)
+        out[idx] = y
         bar.update(1)
-    return probs, live
+    if out is None:                                            # every channel constant: all baseline
+        out = torch.full((len(masks), len(models.info(model).classes)), float("nan"), device=x1.device)
+    return out
+
+
+SCORE_CAM_WEIGHTS = ("increase", "algorithm1", "probability")
+
+
+def score_cam_weights(logits: torch.Tensor, base: torch.Tensor, c: int, weights: str = "increase") -> torch.Tensor:
+    """Score-CAM's channel weights ``alpha^c_k`` ``[K]`` from the masked images' outputs.
+
+    ``logits`` ``[K, C]`` are the network's outputs for the K masked images ``X o H^k`` (a NaN
+    row: a constant channel, whose masked image is the baseline), ``base`` ``[C]`` the output for
+    the baseline ``X_b``. The paper gives three readings, and ``weights`` picks one:
+
+    - ``"increase"`` (default): Definition 5, ``alpha_k = C(A^k) = p_c(X o H^k) - p_c(X_b)``, the
+      increase of confidence with ``p`` the softmax probability (its section 3.2: "post-softmax").
+    - ``"algorithm1"``: the paper's Algorithm 1, ``S_k = f^c(X o H^k) - f^c(X_b)`` on the logits,
+      then ``alpha_k = exp(S_k) / sum_j exp(S_j)``, a softmax across the channels. The weights are
+      positive and sum to 1, and the baseline cancels (the same constant in every ``S_k``).
+    - ``"probability"``: the authors' released code, ``alpha_k = p_c(X o H^k)``, no baseline.
+
+    Explained in chapter 14, Score-CAM.
+    """
+    if weights not in SCORE_CAM_WEIGHTS:
+        raise ValueError(f"weights must be one of {SCORE_CAM_WEIGHTS}, got {weights!r}")
+    logits = torch.where(torch.isnan(logits), base[None].expand_as(logits), logits)   # constant channel: X_b
+    if weights == "algorithm1":
+        return torch.softmax(logits[:, c] - base[c], dim=0)
+    p = torch.softmax(logits, dim=1)[:, c]
+    return p if weights == "probability" else p - torch.softmax(base, dim=0)[c]
 
 
 def score_cam(model: nn.Module, x: torch.Tensor, target, layer=None, batch_size: int | None = None,
-              progress: bool = True) -> torch.Tensor:
+              progress: bool = True, weights: str = "increase") -> torch.Tensor:
     """Score-CAM (Wang et al. 2020): ``[M, H, W]`` in [0, 1], no gradients at all.
 
     For each channel k of ``A = layer(x)``: the mask ``H^k = s(Up(A^k))`` (:func:`score_cam_masks`),
-    the masked image ``x * H^k`` and its score, the increase of confidence over the baseline
-    ``C(A^k) = p_c(x * H^k) - p_c(x_b)`` with ``p`` the softmax probability (the paper's
-    "post-softmax" score) and ``x_b`` the all-zero normalised input (``x * 0``: every pixel at
-    the dataset mean). ``L^c = ReLU(sum_k C(A^k) A^k)``. The masked images run forward
-    ``batch_size`` at a time (default: as many as fit in about 1 M pixels) under
-    ``torch.no_grad()``, with a progress bar. Explained in chapter 14, Score-CAM.
+    the masked image ``x * H^k`` and its output; the channel's weight (:func:`score_cam_weights`)
+    is by default the increase of confidence over the baseline ``C(A^k) = p_c(x * H^k) - p_c(x_b)``
+    with ``p`` the softmax probability (the paper's "post-softmax" score) and ``x_b`` the all-zero
+    normalised input (``x * 0``: every pixel at the dataset mean); ``weights="algorithm1"`` gives
+    the paper's Algorithm 1, ``"probability"`` the authors' code. ``L^c = ReLU(sum_k alpha_k A^k)``.
+    The masked images run forward ``batch_size`` at a time (default: as many as fit in about 1 M
+    pixels) under ``torch.no_grad()``, with a progress bar. Explained in chapter 14, Score-CAM.
     """
     from tqdm.auto import tqdm
 
@@ -446,6 +478,8 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer=None, batch_size:
     (module,), _ = _layer_list(model, layer)
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int (masked images per forward pass), got {batch_size!r}")
+    if weights not in SCORE_CAM_WEIGHTS:
+        raise ValueError(f"weights must be one of {SCORE_CAM_WEIGHTS}, got {weights!r}")
     batch_size = batch_size or _default_batch_size(x)
     maps = []
     with hooks.frozen(model), torch.no_grad():
@@ -453,23 +487,14 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer=None, batch_size:
             _logits(model(x), model)                           # that runs twice is refused, not cut short
         _check_maps(cap, model)
         A = cap.activations                                    # A^k: [N, K, h, w]
-        p_base = torch.softmax(_logits(model(torch.zeros_like(x[:1])), model).float(), dim=1)[0]
-        k = A.shape[1]
-        bar = tqdm(total=x.shape[0] * math.ceil(k / batch_size), desc="Score-CAM masked images",
+        base = _logits(model(torch.zeros_like(x[:1])), model).float()[0]    # f(X_b)
+        bar = tqdm(total=len(set(image)) * math.ceil(A.shape[1] / batch_size), desc="Score-CAM masked images",
                    disable=not progress, leave=False)
-        probs = []
-        for n in range(x.shape[0]):
-            if n not in image:
-                probs.append(None)
-                continue
-            p, _ = _mask_probabilities(model, x[n], A[n], batch_size, bar)
-            probs.append(p)
+        outputs = {n: _mask_logits(model, x[n], A[n], batch_size, bar) for n in dict.fromkeys(image)}
         bar.close()
         for n, c in zip(image, classes):
-            p = probs[n]
-            score = (p[:, c] if p is not None else torch.full((k,), float("nan"), device=A.device))
-            score = torch.nan_to_num(score - p_base[c], nan=0.0)    # C(A^k) = p_c(X o H^k) - p_c(X_b)
-            maps.append(F.relu((score.to(A.dtype)[:, None, None] * A[n]).sum(0)))
+            alpha = score_cam_weights(outputs[n], base, c, weights)        # alpha^c_k, e.g. C(A^k)
+            maps.append(F.relu((alpha.to(A.dtype)[:, None, None] * A[n]).sum(0)))
     return to_heatmap(torch.stack(maps), x.shape[-2:])
 
 
@@ -583,31 +608,32 @@ class Cached:
             m = cam_map(_per_map(A, image), fc.weight[classes])
         return to_heatmap(m, self.size, signed=True)
 
-    def score_cam(self, target, batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
-        """Score-CAM ``[M, H, W]``; the masked images run once per image, then any class is free."""
+    def score_cam(self, target, batch_size: int | None = None, progress: bool = True,
+                  weights: str = "increase") -> torch.Tensor:
+        """Score-CAM ``[M, H, W]``; the masked images run once per image, then any class (and any
+        ``weights``, :func:`score_cam_weights`) is free."""
         from tqdm.auto import tqdm
 
         image, classes = _plan(self.model, self.x, target)
+        if weights not in SCORE_CAM_WEIGHTS:
+            raise ValueError(f"weights must be one of {SCORE_CAM_WEIGHTS}, got {weights!r}")
         A = self.activations.detach()
         batch_size = batch_size or _default_batch_size(self.x)
         todo = [n for n in dict.fromkeys(image) if n not in self._score_cam]
         if todo:
             with hooks.frozen(self.model), torch.no_grad():
                 if "base" not in self._score_cam:
-                    self._score_cam["base"] = torch.softmax(
-                        self.model(torch.zeros_like(self.x[:1])).float(), dim=1)[0]
+                    self._score_cam["base"] = _logits(self.model(torch.zeros_like(self.x[:1])), self.model).float()[0]
                 bar = tqdm(total=len(todo) * math.ceil(A.shape[1] / batch_size), disable=not progress,
                            desc="Score-CAM masked images", leave=False)
                 for n in todo:
-                    self._score_cam[n] = _mask_probabilities(self.model, self.x[n], A[n], batch_size, bar)[0]
+                    self._score_cam[n] = _mask_logits(self.model, self.x[n], A[n], batch_size, bar)
                 bar.close()
         base = self._score_cam["base"]
         maps = []
         for n, c in zip(image, classes):
-            p = self._score_cam[n]
-            score = p[:, c] if p is not None else torch.full((A.shape[1],), float("nan"), device=A.device)
-            score = torch.nan_to_num(score - base[c], nan=0.0)
-            maps.append(F.relu((score.to(A.dtype)[:, None, None] * A[n]).sum(0)))
+            alpha = score_cam_weights(self._score_cam[n], base, c, weights)
+            maps.append(F.relu((alpha.to(A.dtype)[:, None, None] * A[n]).sum(0)))
         return to_heatmap(torch.stack(maps), self.size)
 
     def __repr__(self) -> str:

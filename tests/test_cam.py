@@ -282,8 +282,12 @@ def test_rescaled_for_fusion_is_what_fuse_combines_and_keeps_a_silent_layer_at_z
 
 
 # ------------------------------------------------------------------------------------ Score-CAM
-def reference_score_cam(model, x1, layer, target):
-    """One masked image at a time: OpenCV upsampling, min-max, softmax probability minus the baseline's."""
+def reference_score_cam(model, x1, layer, target, weights="increase"):
+    """One masked image at a time: OpenCV upsampling, min-max, then the paper's weights.
+
+    "increase": softmax probability minus the baseline's (Definition 5); "algorithm1": the logit
+    minus the baseline's, softmax over the channels (Algorithm 1); "probability": the authors' code.
+    """
     module = dict(model.named_modules())[models.last_conv_layer(model) if layer is None else layer]
     store = {}
     h = module.register_forward_hook(lambda m, i, o: store.__setitem__("A", o.detach()))
@@ -291,17 +295,24 @@ def reference_score_cam(model, x1, layer, target):
         with torch.no_grad():
             model(x1)
             A = store["A"][0].double().numpy()
-            base = torch.softmax(model(torch.zeros_like(x1)).double(), 1)[0, target].item()
+            base = model(torch.zeros_like(x1)).double()[0]
             size = x1.shape[-1]
-            weights = []
+            scores = []
             for a in A:
                 up = cv2.resize(a.astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
                 mask = (up - up.min()) / (up.max() - up.min()) if up.max() > up.min() else np.zeros_like(up)
-                p = torch.softmax(model(x1 * torch.from_numpy(mask)).double(), 1)[0, target].item()
-                weights.append(p - base)
+                y = model(x1 * torch.from_numpy(mask)).double()[0]
+                if weights == "algorithm1":
+                    scores.append((y[target] - base[target]).item())
+                else:
+                    p = torch.softmax(y, 0)[target].item()
+                    scores.append(p - torch.softmax(base, 0)[target].item() if weights == "increase" else p)
     finally:
         h.remove()
-    return np.maximum(np.tensordot(np.array(weights), A, axes=1), 0)
+    scores = np.array(scores)
+    if weights == "algorithm1":
+        scores = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
+    return np.maximum(np.tensordot(scores, A, axes=1), 0)
 
 
 @pytest.mark.parametrize("name,layer", [("shapesnet", None), ("alexnet", "features.1")])
@@ -313,6 +324,36 @@ def test_score_cam_follows_the_paper(name, layer):
     # batch size changes nothing; several classes of one image reuse the masked images
     again = cam.score_cam(model, x, [4, 2], layer, batch_size=64, progress=False)
     close(again[:1], ours.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("weights", ["algorithm1", "probability"])
+def test_score_cam_other_readings_of_the_paper(weights):
+    model, x = model_and_input("shapesnet", n=1)
+    raw = reference_score_cam(model, x, None, 3, weights)
+    ours = cam.score_cam(model, x, 3, batch_size=16, progress=False, weights=weights)
+    close(ours, upsample_unit(raw[None], x.shape[-1]), atol=1e-3)
+    cached = cam.Cached(model, x)
+    close(cached.score_cam(3, progress=False, weights=weights), ours.numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="weights"):
+        cam.score_cam(model, x, 3, weights="softmax")
+
+
+def test_score_cam_weights_of_algorithm1_sum_to_one_and_ignore_the_baseline():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 4, generator=g) * 3
+    logits[2] = float("nan")                                  # a constant channel: the baseline itself
+    base = torch.randn(4, generator=g)
+    a = cam.score_cam_weights(logits, base, 1, "algorithm1")
+    assert torch.all(a > 0) and abs(float(a.sum()) - 1) < 1e-6
+    # the baseline is the same constant in every S_k: a softmax over k cannot see it
+    other = base.clone()
+    other[1] += 5.0
+    filled = torch.where(torch.isnan(logits), base[None], logits)
+    torch.testing.assert_close(cam.score_cam_weights(filled, other, 1, "algorithm1"), a)
+    # Definition 5: the constant channel's increase of confidence is exactly 0
+    inc = cam.score_cam_weights(logits, base, 1)
+    assert float(inc[2]) == 0.0
+    torch.testing.assert_close(inc, torch.softmax(filled, 1)[:, 1] - torch.softmax(base, 0)[1])
 
 
 def test_score_cam_counts_forward_passes_and_checks_batch_size():
