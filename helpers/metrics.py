@@ -499,8 +499,12 @@ class Randomization:
 
     @property
     def sensitivity(self) -> float:
-        """``1 - mean Spearman`` after the last step (every layer randomised, when cascading)."""
-        return float(1.0 - self.spearman[-1].mean())
+        """``1 - mean Spearman`` over every step and image: one minus the area under the
+        Spearman-versus-depth curve (chapter 24's definition, the leaderboard's ``sensitivity``).
+        0: the maps never change; 1: unrelated from the first step; above 1: anti-correlated. The
+        last step alone (every layer random, when cascading) is ``spearman[-1]``, the
+        leaderboard's ``spearman_all``."""
+        return float(1.0 - self.spearman.mean())
 
 
 def _compare(a_raw, b_raw):
@@ -907,7 +911,7 @@ def leaderboard(model: nn.Module, x: torch.Tensor, target, masks=None, attributi
             curves[name] = {"fractions": d.fractions, "deletion": d.scores.mean(0), "insertion": ins.scores.mean(0)}
         if nr and (randomize is None or name in randomize):
             rt = randomization_test(model, fn, xd[:nr], targets[:nr], layers=layers, seed=seed, reference=raw[:nr])
-            row.update(sensitivity=float(1 - rt.spearman.mean()), spearman_all=float(rt.spearman[-1].mean()))
+            row.update(sensitivity=rt.sensitivity, spearman_all=float(rt.spearman[-1].mean()))
             pi.update(random_spearman=rt.spearman, random_spearman_signed=rt.spearman_signed, random_ssim=rt.ssim)
             casc[name] = {"layers": rt.layers, "spearman": rt.spearman.mean(1),
                           "spearman_signed": rt.spearman_signed.mean(1), "ssim": rt.ssim.mean(1)}
@@ -938,13 +942,19 @@ def leaderboard(model: nn.Module, x: torch.Tensor, target, masks=None, attributi
 
 
 def shapes_leaderboard(n_scenes: int = 8, n_faithfulness: int = 4, n_randomization: int = 1, steps: int = 16,
-                       n_data: int | None = None, shuffled: bool = True, names=None, randomize=None,
-                       keep_maps: bool = False, progress: bool = False, device=None,
+                       n_data: int | None = None, shuffled=True, names=None, randomize=None,
+                       keep_maps: bool = False, progress: bool = False, device=None, model: nn.Module | None = None,
                        **method_settings) -> Leaderboard:
     """The leaderboard in the shapes world: ShapesNet on the first ``n_scenes`` held-out single-object
     scenes of :func:`scene_seeds` with their ground-truth masks, and ShapesNet trained on shuffled
-    labels (``shuffled=True``) for the data randomisation test.
+    labels for the data randomisation test.
 
+    ``model``: the ShapesNet to measure (default: the shipped one, loaded on ``device``); pass the
+    caller's own to check afterwards that no metric changed it. ``shuffled``: ``True`` loads the
+    shipped ``shapesnet-shuffled``, a model is used as it is, ``False`` skips the data randomisation.
+    ``settings["weights"]`` (and ``"weights_shuffled"``) is :func:`weights_digest` of the shipped
+    file when the model's weights are the file's, and ``"not the shipped weights"`` otherwise, so
+    that a comparison with the shipped leaderboard can tell.
     The other arguments go to :func:`leaderboard`; ``names`` and ``method_settings`` to
     :func:`methods`. The shipped leaderboard is this function with more scenes (``python -m
     helpers.metrics leaderboard``); the chapter runs it small and checks, scene by scene, that its
@@ -953,16 +963,24 @@ def shapes_leaderboard(n_scenes: int = 8, n_faithfulness: int = 4, n_randomizati
     """
     from . import shapes
 
-    model = models.load("shapesnet", device=device)
-    other = models.load("shapesnet-shuffled", device=device) if shuffled else None
+    if model is None:
+        model = models.load("shapesnet", device=device)
+    if shuffled is True:
+        other = models.load("shapesnet-shuffled", device=device)
+    elif shuffled is False or shuffled is None:
+        other = None
+    elif isinstance(shuffled, nn.Module):
+        other = shuffled
+    else:
+        raise ValueError(f"shuffled must be True, False or a model, got {shuffled!r}")
     seeds = scene_seeds(n_scenes)
     scenes = shapes.scenes(seeds)
     x, y = shapes.batch(seeds)
     masks = np.stack([s.masks[0] for s in scenes])
     table = methods(names=names, **method_settings)
     defaults = {k: v.default for k, v in inspect.signature(methods).parameters.items() if k != "names"}
-    settings = {"seeds": [seeds[0], seeds[-1]], "weights": weights_digest("shapesnet"),
-                "weights_shuffled": weights_digest("shapesnet-shuffled") if shuffled else "",
+    settings = {"seeds": [seeds[0], seeds[-1]], "weights": _shipped_digest(model, "shapesnet"),
+                "weights_shuffled": _shipped_digest(other, "shapesnet-shuffled") if other is not None else "",
                 "methods": {**defaults, **method_settings}}
     if settings["methods"]["smoothgrad_noise"] is None:
         settings["methods"]["smoothgrad_noise"] = default_smoothgrad_noise(model)
@@ -970,36 +988,61 @@ def shapes_leaderboard(n_scenes: int = 8, n_faithfulness: int = 4, n_randomizati
                        randomize=randomize, keep_maps=keep_maps, progress=progress, settings=settings)
 
 
+def _shipped_digest(model: nn.Module, name: str) -> str:
+    """:func:`weights_digest` of the shipped ``name`` when ``model`` holds exactly its weights."""
+    from . import shapes
+
+    path = shapes.MODELS_DIR / f"{name}.pt"
+    if not path.exists():
+        return ""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    mine = model.state_dict()
+    if saved.keys() != mine.keys():
+        return "not the shipped weights"
+    same = all(torch.equal(mine[k].detach().cpu(), torch.as_tensor(saved[k])) for k in mine)
+    return weights_digest(name) if same else "not the shipped weights"
+
+
 def agreement(live: Leaderboard, shipped: Leaderboard) -> dict:
     """Compare a small live leaderboard with the shipped one, image by image, on the images they share.
 
     Both run the same scenes in the same order (:func:`scene_seeds`), so the live per-image
-    values must equal the first ones of the shipped leaderboard. Returns, per method and column,
-    the largest absolute difference, and for the pointing games the share of images whose hit
-    differs (a map with two near-equal maxima can flip between machines), for ``distance`` the
-    share of images whose peak moved by more than half a pixel.
+    values must equal the first ones of the shipped leaderboard. Returns, per method and column
+    of ``live``, the largest absolute difference, and for the pointing games the share of images
+    whose hit differs (a map with two near-equal maxima can flip between machines), for
+    ``distance`` the share of images whose peak moved by more than half a pixel.
+
+    Nothing is skipped: ``ValueError`` when a live method or column is missing from ``shipped``,
+    when a column is empty, or when the shapes cannot be compared (another number of dimensions or
+    of cascade steps, or fewer shipped images than live ones). A column that ``live`` did not
+    compute is not in the result: the caller checks that the columns it relies on are there.
     Explained in chapter 24, Can we trust the maps?
     """
     out = {}
     for m, cols in live.per_image.items():
         if m not in shipped.per_image:
-            continue
+            raise ValueError(f"{m!r} is in the live leaderboard but not in the shipped one")
         out[m] = {}
         for k, v in cols.items():
             w = shipped.per_image[m].get(k)
             if w is None:
-                continue
+                raise ValueError(f"{m}: column {k!r} is in the live leaderboard but not in the shipped one")
             v, w = np.asarray(v, float), np.asarray(w, float)
-            if w.ndim != v.ndim or w.shape[:-1] != v.shape[:-1] or w.shape[-1] < v.shape[-1] or v.size == 0:
-                continue
+            if v.size == 0:
+                raise ValueError(f"{m}: column {k!r} of the live leaderboard is empty")
+            if w.ndim != v.ndim or w.shape[:-1] != v.shape[:-1] or w.shape[-1] < v.shape[-1]:
+                raise ValueError(f"{m}: column {k!r} has shape {v.shape} live and {w.shape} shipped; the images "
+                                 f"are the last axis, the shipped file must have at least as many")
             w = w[..., :v.shape[-1]]
             if k == "distance":   # inf (no peak) is stored as null in JSON, read back as nan
                 v, w = np.where(np.isfinite(v), v, -1.0), np.where(np.isfinite(w), w, -1.0)
-            diff = np.abs(v - w)
+            # nan on both sides (a blank map's correlation) agrees; nan on one side only does not
+            diff = np.where(np.isnan(v) & np.isnan(w), 0.0, np.abs(v - w))
+            diff = np.where(np.isnan(diff), np.inf, diff)
             if "pointing" in k or k == "distance":
                 out[m][k] = float(np.mean(diff > 0.5))
             else:
-                out[m][k] = float(np.nanmax(diff)) if np.isfinite(diff).any() else 0.0
+                out[m][k] = float(diff.max())
     return out
 
 

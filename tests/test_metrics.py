@@ -262,6 +262,12 @@ def test_randomization_test_destroys_the_gradient_not_the_image(net, batch):
     assert r.spearman.shape == r.ssim.shape == r.spearman_signed.shape == (len(r.layers), 2)
     assert len(r.maps) == len(r.layers) + 1 and r.maps[0].shape == (2, 128, 128)
     assert r.spearman[-1].mean() < 0.5 and r.sensitivity > 0.5
+    # one definition: 1 - the mean over every step and image (the area under the cascade's curve),
+    # computed here from the per-step means, not the last step's alone
+    assert r.sensitivity == pytest.approx(1 - np.mean([row.mean() for row in r.spearman]))
+    late = metrics.Randomization(r.layers, np.array([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]]), r.spearman_signed,
+                                 r.ssim, r.maps)   # maps that change at the last step only
+    assert late.sensitivity == pytest.approx(1 / 3)
     assert same(before, state(net))
 
     def image(m, x, target):  # a "method" that ignores the model fails the sanity check
@@ -356,6 +362,7 @@ def test_leaderboard_table_json_and_agreement(net, batch, tmp_path):
     # the sensitivity is 1 - the mean Spearman over the cascade, the same as randomization_test's
     rt = metrics.randomization_test(net, table["grad_cam"], x[:1], y[:1])
     assert row["sensitivity"] == pytest.approx(1 - rt.spearman.mean(), abs=1e-6)
+    assert row["sensitivity"] == pytest.approx(rt.sensitivity, abs=1e-6)
     assert board.maps["grad_cam"].shape == (3, 128, 128) and board.maps["grad_cam/shuffled"].shape == (2, 128, 128)
     part = metrics.leaderboard(net, x[:1], y[:1], masks[:1], table, n_faithfulness=0, n_randomization=1, steps=2,
                                randomize=["grad_cam"])
@@ -373,6 +380,7 @@ def test_leaderboard_table_json_and_agreement(net, batch, tmp_path):
                                 shuffled=other, n_data=1)
     agree = metrics.agreement(small, board)   # a smaller run on the same images: the same numbers
     assert all(v <= 1e-4 for cols in agree.values() for v in cols.values()), agree
+    assert set(agree) == {"vanilla", "grad_cam"} and all(len(cols) == 13 for cols in agree.values()), agree
     json.loads((tmp_path / "b.json").read_text())  # plain JSON (no NaN)
     # without masks there are no localisation columns; an unsupported method is skipped with its reason
     vgg_like = metrics.leaderboard(net, x[:1], y[:1], None, {"nope": _unsupported}, n_faithfulness=1,
@@ -380,6 +388,55 @@ def test_leaderboard_table_json_and_agreement(net, batch, tmp_path):
     assert vgg_like.skipped["nope"].startswith("CAM needs") and not vgg_like.rows
     with pytest.raises(FileNotFoundError, match="python -m helpers.metrics"):
         metrics.Leaderboard.from_json(tmp_path / "missing.json")
+
+
+def _board(per_image):
+    return metrics.Leaderboard(rows={m: {} for m in per_image}, per_image=per_image, curves={}, settings={})
+
+
+def test_agreement_compares_everything_or_says_why():
+    shipped = _board({"vanilla": {"deletion": np.array([0.1, 0.2, 0.3]), "pointing": np.array([1.0, 0.0, 1.0]),
+                                  "random_spearman": np.array([[0.5, 0.4, 0.3], [0.2, 0.1, np.nan]])}})
+    live = _board({"vanilla": {"deletion": np.array([0.1, 0.25]), "pointing": np.array([1.0, 1.0]),
+                               "random_spearman": np.array([[0.5, 0.4], [0.2, 0.1]])}})
+    got = metrics.agreement(live, shipped)
+    assert got["vanilla"]["deletion"] == pytest.approx(0.05) and got["vanilla"]["pointing"] == pytest.approx(0.5)
+    assert got["vanilla"]["random_spearman"] == pytest.approx(0.0)
+    # nan on one side only is a difference, on both sides an agreement
+    nan_live = _board({"vanilla": {"random_spearman": np.array([[0.5, 0.4, np.nan], [0.2, 0.1, 0.0]])}})
+    assert metrics.agreement(nan_live, shipped)["vanilla"]["random_spearman"] == np.inf
+    both = _board({"vanilla": {"random_spearman": np.array([[0.5, 0.4, 0.3], [0.2, 0.1, np.nan]])}})
+    assert metrics.agreement(both, shipped)["vanilla"]["random_spearman"] == 0.0
+    # what cannot be compared raises instead of being skipped
+    bad = [({"deletion": np.zeros(4)}, "shape"),              # more live images than shipped
+           ({"random_spearman": np.zeros((3, 2))}, "shape"),   # another number of cascade steps
+           ({"deletion": np.zeros((1, 2))}, "shape"),          # another number of dimensions
+           ({"deletion": np.zeros(0)}, "empty"),
+           ({"energy": np.zeros(2)}, "not in the shipped")]    # a column the shipped file lacks
+    for cols, why in bad:
+        with pytest.raises(ValueError, match=why):
+            metrics.agreement(_board({"vanilla": cols}), shipped)
+    with pytest.raises(ValueError, match="not in the shipped"):
+        metrics.agreement(_board({"grad_cam": {"deletion": np.zeros(2)}}), shipped)
+
+
+def test_shapes_leaderboard_uses_the_callers_models():
+    try:
+        sn, shuffled = models.load("shapesnet"), models.load("shapesnet-shuffled")
+    except FileNotFoundError:
+        pytest.skip("ShapesNet's weights are not there yet")
+    before, before_shuffled = state(sn), state(shuffled)
+    board = metrics.shapes_leaderboard(1, 1, 0, 2, n_data=1, shuffled=shuffled, names=["vanilla"], model=sn)
+    assert board.settings["weights"] == metrics.weights_digest("shapesnet")
+    assert board.settings["weights_shuffled"] == metrics.weights_digest("shapesnet-shuffled")
+    assert same(before, state(sn)) and same(before_shuffled, state(shuffled))
+    # the models passed are the ones measured: a changed copy is not the shipped ShapesNet
+    changed = metrics.randomize_layers(sn, ["classifier"])
+    other = metrics.shapes_leaderboard(1, 0, 0, 2, shuffled=False, names=["vanilla"], model=changed)
+    assert other.settings["weights"] == "not the shipped weights" and other.settings["weights_shuffled"] == ""
+    assert other.rows["vanilla"]["energy"] != board.rows["vanilla"]["energy"]
+    with pytest.raises(ValueError, match="shuffled"):
+        metrics.shapes_leaderboard(1, 0, 0, 2, shuffled="yes", names=["vanilla"], model=sn)
 
 
 def _unsupported(model, x, target):

@@ -309,6 +309,26 @@ def test_training_is_deterministic_and_loads(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()  # restored
 
 
+def test_unpooling_can_be_swapped_for_a_training_run(tmp_path, monkeypatch):
+    """Chapter 23, exercise 1: patching DeconvNet.unpool_at reaches every unpooling of train."""
+    kw = dict(steps=2, batch_size=2, lr=1e-2, held_out=1, progress=False, arch=TINY,
+              pretrained=False, threads=1)
+    segmentation.train(out_dir=tmp_path / "switches", **kw)
+    sizes = []
+
+    def nearest(self, h, idx, size):
+        sizes.append(tuple(size))
+        return F.interpolate(h, size=tuple(size))
+
+    monkeypatch.setattr(segmentation.DeconvNet, "unpool_at", nearest)
+    segmentation.train(out_dir=tmp_path / "nearest", **kw)
+    # every decoder level, in training (2 steps) and in the held-out evaluation after it
+    assert {(128, 128), (64, 64), (32, 32), (16, 16)} <= set(sizes) and len(sizes) >= 4 * 3
+    a = torch.load(tmp_path / "switches" / "shapes-deconvnet.pt", weights_only=True)
+    b = torch.load(tmp_path / "nearest" / "shapes-deconvnet.pt", weights_only=True)
+    assert not torch.equal(a["score.weight"], b["score.weight"])   # another decoder, other gradients
+
+
 def test_training_keeps_the_frozen_encoder(tmp_path):
     """Started from ShapesNet and frozen: after training, the encoder is still init_encoder's."""
     seen = []
