@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -313,8 +314,13 @@ def grad_cam_map(A: torch.Tensor, g: torch.Tensor, counterfactual: bool = False)
     """
     if counterfactual:
         g = -g
-    alpha = g.mean(dim=(2, 3), keepdim=True)                   # alpha_k^c  [M, K, 1, 1]
-    return F.relu((alpha * A).sum(dim=1))                      # ReLU(sum_k alpha_k^c A^k)
+    alpha = g.mean(dim=(2, 3))                                 # alpha_k^c  [M, K]
+    return _weighted_maps(A, alpha)
+
+
+def _weighted_maps(A: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """``ReLU(sum_k alpha_k^c A^k)`` for activations ``[M, K, h, w]`` and weights ``[M, K]``."""
+    return F.relu((alpha[:, :, None, None] * A).sum(dim=1))
 
 
 def _gradient_method(formula, model, x, target, layer, **kwargs):
@@ -332,12 +338,211 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, layer=None,
     """Grad-CAM (Selvaraju et al. 2017) of any layer of any model: ``[M, H, W]`` in [0, 1].
 
     One forward pass (no graph before the layer) and one backward pass that stops at the
-    layer give ``A`` and ``g = dy^c/dA``; then :func:`grad_cam_map`. ``counterfactual=True``
-    negates the gradients (the paper's counterfactual explanation). A list of layers gives
-    ``[L, M, H, W]`` from the same single forward and backward pass.
+    layer give ``A`` and the weights ``alpha_k^c``, the spatial mean of ``g = dy^c/dA``; then
+    ``ReLU(sum_k alpha_k^c A^k)`` as in :func:`grad_cam_map`. Where the layer is followed by
+    pooling and a linear layer (VGG, AlexNet, ResNet, GoogLeNet, Inception v3, ShapesNet at their
+    last conv layer) the backward pass stops at that linear layer's output instead, and its
+    weights summed over positions give the same ``alpha`` (see ``_Head``): at batch 1, VGG's
+    first classifier layer (400 MB) is then not read a second time, and where that linear layer
+    gives the scores (GAP networks) there is no backward pass at all.
+    ``counterfactual=True`` negates the gradients (the paper's counterfactual explanation). A
+    list of layers gives ``[L, M, H, W]`` from the same single forward and backward pass.
     Explained in chapter 11, Grad-CAM.
     """
-    return _gradient_method(grad_cam_map, model, x, target, layer, counterfactual=counterfactual)
+    x = _input(model, x)
+    image, classes = _plan(model, x, target)
+    modules, single = _layer_list(model, layer)
+    if not single:
+        return _gradient_method(grad_cam_map, model, x, target, layer, counterfactual=counterfactual)
+    head = _Head(model, modules[0])
+    short = bool(head.verdict)                  # an earlier call showed that the backward may stop at z
+    no_graph = short and head.at_scores         # ... and that z are the scores: no backward pass at all
+    with _captured(model, modules, leaf=not short) as (cap,), head.hooked(z_leaf=short and not no_graph), \
+            torch.no_grad() if no_graph else torch.enable_grad():
+        logits = _logits(model(x), model)
+        _check_maps(cap, model)
+        if short and (head.fold() is None or (no_graph and logits is not head.returned)):
+            head.judge(None)                    # the forward pass changed: judge it again
+            alpha = None
+        else:
+            alpha = _grad_cam_weights(head, logits, cap.activations, image, classes)
+    if alpha is None:
+        return grad_cam(model, x, target, layer, counterfactual)   # again, with the full gradient
+    alpha = -alpha if counterfactual else alpha                # the counterfactual map: -g
+    return to_heatmap(_weighted_maps(_per_map(cap.activations.detach(), image), alpha), x.shape[-2:])
+
+
+# Grad-CAM's weights without the full gradient. alpha_k^c = 1/Z sum_ij dy^c/dA^k_ij is the
+# derivative of y^c with respect to a constant t_k added to every position of channel k. Max and
+# average pooling commute with such a shift (pool(A + t) = pool(A) + t), so if only pooling (and
+# identities) lie between the layer and a linear layer z = W flatten(pool(A)) + b, then
+# dz/dt_k = sum_p W[:, k, p] =: Wsum[:, k], and alpha^c = 1/Z (dy^c/dz) Wsum: the backward pass
+# stops at z. The helper takes this path only when the forward pass shows the chain (each module
+# takes the previous one's output) and a first call has matched it against the full gradient.
+_SHIFT_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d)
+_PASS_THROUGH = (nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten)
+_FOLD_VERDICTS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+_AT_SCORES: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
+_FOLDS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _shift_commutes(m: nn.Module) -> bool:
+    if isinstance(m, nn.AvgPool2d):    # zero padding counted in the mean, or a fixed divisor, does not commute
+        return ((m.padding in (0, (0, 0)) or not m.count_include_pad) and not m.ceil_mode
+                and m.divisor_override is None)
+    if isinstance(m, nn.Flatten):
+        return m.start_dim == 1 and m.end_dim == -1
+    return isinstance(m, _SHIFT_POOLS + _PASS_THROUGH)
+
+
+def _head_candidates(model: nn.Module, module: nn.Module) -> list:
+    """The leaf modules registered after ``module`` (outside it) that may belong to a pooled linear
+    head: pooling, identities and linear layers. Only candidates: :class:`_Head` checks in the
+    forward pass which of them ran, in which order, each on the previous one's output."""
+    inside = {id(m) for m in module.modules()}
+    found, after = [], False
+    for m in model.modules():
+        if m is module:
+            after = True
+        elif after and id(m) not in inside and not m._modules and (
+                isinstance(m, nn.Linear) or _shift_commutes(m)):
+            found.append(m)
+    return found
+
+
+def _same_data(a, b: torch.Tensor) -> bool:
+    """``a`` is ``b``, or a view of the same memory: the same layout, or ``b`` flattened per image."""
+    if a is b:
+        return True
+    if not isinstance(a, torch.Tensor) or a.data_ptr() != b.data_ptr() or a.dtype != b.dtype \
+            or a.numel() != b.numel():
+        return False
+    if a.shape == b.shape and a.stride() == b.stride():
+        return True
+    return a.ndim == 2 and a.shape[0] == b.shape[0] and a.is_contiguous() and b.is_contiguous()
+
+
+class _Head:
+    """Records one forward pass from the layer to the first linear layer after it.
+
+    ``z_leaf=True`` (for a call that will stop at z): the linear layer's output ``z`` becomes the
+    leaf where the graph starts, so nothing before it builds a graph."""
+
+    def __init__(self, model: nn.Module, module: nn.Module):
+        self.model, self.module = model, module
+        self.candidates = _head_candidates(model, module)
+        self.key = (id(module),) + tuple(id(m) for m in self.candidates)
+        self.calls, self.handed, self.z, self.returned, self._fold = [], None, None, None, None
+
+    @contextlib.contextmanager
+    def hooked(self, z_leaf: bool = False):
+        self.z_leaf, handles = z_leaf, []
+        try:
+            if any(isinstance(m, nn.Linear) for m in self.candidates):
+                handles.append(self.module.register_forward_hook(self._layer))
+                handles += [m.register_forward_hook(self._call) for m in self.candidates]
+            yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _layer(self, _m, _inputs, output):
+        self.handed, self.calls, self.z = output, [], None   # what the layer hands on (after the capture's hook)
+        self._fold = ()
+
+    def _call(self, m, inputs, output):
+        if self.handed is None or self.z is not None:
+            return None
+        self.calls.append((m, inputs[0] if inputs else None, output))
+        if isinstance(m, nn.Linear):                # z, kept: a later in-place ReLU changes the copy
+            self.z = output.detach().requires_grad_(True) if self.z_leaf else output
+            self.returned = self.z.clone()
+            return self.returned
+        return None
+
+    def fold(self):
+        """(z, Wsum) when this forward pass ran pooling only from the layer to a linear layer; else None."""
+        if self._fold == ():
+            self._fold = self._chain()
+        return self._fold
+
+    def _chain(self):
+        if self.z is None or not isinstance(self.handed, torch.Tensor) or self.handed.ndim != 4:
+            return None
+        prev, flat = self.handed, False
+        n, k = prev.shape[:2]
+        positions = prev.shape[2] * prev.shape[3]
+        for m, inp, out in self.calls:               # each takes the previous one's output
+            if not isinstance(out, torch.Tensor) or not _same_data(inp, prev):
+                return None
+            flat = flat or inp.ndim == 2
+            if isinstance(m, nn.Linear):
+                if m.in_features != k * positions:
+                    return None
+                return self.z, _summed_weights(m, k, positions)
+            if flat and not isinstance(m, _PASS_THROUGH):
+                return None
+            if not flat and isinstance(m, _SHIFT_POOLS):
+                if out.ndim != 4 or out.shape[:2] != (n, k):
+                    return None
+                positions = out.shape[2] * out.shape[3]
+            prev = out
+        return None  # pragma: no cover - the calls end with the linear layer
+
+    @property
+    def verdict(self):
+        """True: an earlier call matched the shortcut against the full gradient; False: it did not
+        (or the forward pass broke the chain); None: not tried yet."""
+        return _FOLD_VERDICTS.get(self.model, {}).get(self.key)
+
+    @property
+    def at_scores(self) -> bool:
+        """Whether, in the call that judged it, the linear layer's output was the model's output."""
+        return self.key in _AT_SCORES.get(self.model, ())
+
+    def judge(self, ok: bool | None, at_scores: bool = False) -> None:
+        verdicts, scores = _FOLD_VERDICTS.setdefault(self.model, {}), _AT_SCORES.setdefault(self.model, set())
+        verdicts.pop(self.key, None) if ok is None else verdicts.__setitem__(self.key, ok)
+        scores.add(self.key) if ok and at_scores else scores.discard(self.key)
+
+
+def _summed_weights(linear: nn.Linear, k: int, positions: int) -> torch.Tensor:
+    """``Wsum [out, K]``: the linear layer's weights summed over the positions of each channel."""
+    W = linear.weight.detach()
+    key = (W.data_ptr(), W._version, W.dtype, W.device, k, positions)
+    probe = W.view(-1)[::max(1, W.numel() // 1024)]       # catches changes through .data, which
+    kept = _FOLDS.get(linear)                              # leave the version counter alone
+    if kept is None or kept[0] != key or not torch.equal(kept[1], probe):
+        with torch.inference_mode(False), torch.no_grad():  # kept for later calls, as _linear_weights
+            kept = (key, probe.clone(), W.view(W.shape[0], k, positions).sum(2))
+        _FOLDS[linear] = kept
+    return kept[2]
+
+
+def _grad_cam_weights(head: _Head, logits, A, image, classes, retain_graph=False, eye=None) -> torch.Tensor:
+    """Grad-CAM's ``alpha [M, K]``: through the head's summed weights where the forward pass ran
+    a pooled linear head and an earlier call matched it against the full gradient; else (and on
+    that earlier call) the spatial mean of the full gradient ``dy^c/dA``."""
+    fold = head.fold()
+    verdict = head.verdict if fold is not None else False
+    if verdict:
+        z, wsum = fold
+        if logits is head.returned:                  # z are the scores: dy^c/dz is one-hot
+            if not head.at_scores:
+                head.judge(True, at_scores=True)
+            return wsum[classes] / (A.shape[2] * A.shape[3])
+        (gz,) = _class_gradients(logits, [z], image, classes, retain_graph, eye)
+        return (gz @ wsum) / (A.shape[2] * A.shape[3])
+    (g,) = _class_gradients(logits, [A], image, classes, retain_graph or verdict is None, eye)
+    alpha = g.mean(dim=(2, 3))
+    if verdict is None:                              # a first call: is the shortcut the gradient?
+        z, wsum = fold
+        (gz,) = _class_gradients(logits, [z], image, classes, retain_graph, eye)
+        short = (gz @ wsum) / (A.shape[2] * A.shape[3])
+        scale = float(alpha.abs().max())
+        if scale > 0:                                # an all-zero gradient proves nothing
+            head.judge(bool((short - alpha).abs().max() <= 1e-4 * scale), at_scores=logits is head.returned)
+    return alpha.detach()
 
 
 # ----------------------------------------------------------------------------- Guided Grad-CAM (chapter 12)
@@ -563,9 +768,11 @@ class Cached:
         self.x = _input(model, x)
         (module,), _ = _layer_list(model, layer)
         self.layer = models.layer_name(model, module)
-        with _captured(model, [module], leaf=True) as (cap,), torch.enable_grad():
+        head = _Head(model, module)
+        with _captured(model, [module], leaf=True) as (cap,), head.hooked(), torch.enable_grad():
             self.logits = _logits(model(self.x), model)         # its graph back to A is kept
             _check_maps(cap, model)
+        self._head = head                                       # Grad-CAM's shortcut (grad_cam)
         self.activations = cap.activations                      # A: the leaf  [N, K, h, w]
         self._A = self.activations.detach()                     # the same values, without grad
         # row c of the identity = d y^c / d logits: where the backward pass for class c starts
@@ -589,7 +796,11 @@ class Cached:
 
     def grad_cam(self, target, counterfactual: bool = False) -> torch.Tensor:
         """Grad-CAM ``[M, H, W]`` for ``target`` (:func:`grad_cam_map`); equals :func:`grad_cam`."""
-        return to_heatmap(grad_cam_map(*self._A_and_gradients(target), counterfactual), self.size)
+        image, classes = _plan(self.model, self.x, target)
+        alpha = _grad_cam_weights(self._head, self.logits, self.activations, image, classes,
+                                  retain_graph=True, eye=self._eye)
+        alpha = -alpha if counterfactual else alpha
+        return to_heatmap(_weighted_maps(_per_map(self._A, image), alpha), self.size)
 
     def grad_cam_pp(self, target) -> torch.Tensor:
         """Grad-CAM++ ``[M, H, W]`` for ``target``; equals :func:`grad_cam_pp`."""

@@ -136,6 +136,90 @@ def test_grad_cam_equals_the_papers_definition(name):
     close(cam.grad_cam(model, x, TARGETS, LAYERS[name][0]), ours[0].numpy(), atol=1e-6)
 
 
+def _requested(monkeypatch):
+    """The tensors each of Grad-CAM's backward passes asked for (A: [N, K, h, w]; z: [N, out])."""
+    asked = []
+    original = cam._class_gradients
+
+    def spy(logits, activations, *args, **kwargs):
+        asked.append([tuple(a.shape) for a in activations])
+        return original(logits, activations, *args, **kwargs)
+    monkeypatch.setattr(cam, "_class_gradients", spy)
+    return asked
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES + ["shapesnet"])
+def test_grad_cam_stops_at_the_linear_layer_after_pooling(name, monkeypatch):
+    """At the last conv layer, alpha = 1/Z (dy/dz) W summed over positions: after one call that
+    matches it against the full gradient, the backward pass stops at z (or, where z are the
+    scores, is not needed) and the maps still equal the definition (the float64 reference), also
+    re-targeted from the cache."""
+    model, x = model_and_input(name)
+    layer = LAYERS[name][0]
+    A, G = reference(name)[0][layer]
+    alpha = G.sum(axis=(2, 3)) / (G.shape[2] * G.shape[3])
+    expected = upsample_unit(np.maximum(np.einsum("nk,nkhw->nhw", alpha, A), 0), x.shape[-1])
+    cam._FOLD_VERDICTS.pop(model, None)
+    asked = _requested(monkeypatch)
+    first = cam.grad_cam(model, x, TARGETS, layer)
+    assert [len(s[0]) for s in asked] == [4, 2], asked            # full gradient, then z: compared
+    assert list(cam._FOLD_VERDICTS[model].values()) == [True]
+    asked.clear()
+    second = cam.grad_cam(model, x, TARGETS, layer)
+    # z only; on a GAP network z are the scores and dy^c/dz is one-hot: no backward pass at all
+    stop_at_z = [2] if name == "vgg16" else []
+    assert [len(s[0]) for s in asked] == stop_at_z, asked
+    close(first, expected)
+    close(second, expected)
+    anti = upsample_unit(np.maximum(np.einsum("nk,nkhw->nhw", -alpha, A), 0), x.shape[-1])
+    close(cam.grad_cam(model, x, TARGETS, layer, counterfactual=True), anti)
+    c = cam.Cached(model, x[:1], layer)
+    asked.clear()
+    close(c.grad_cam(TARGETS[0]), expected[:1])
+    assert [len(s[0]) for s in asked] == stop_at_z, asked
+
+
+class _Net(nn.Module):
+    """conv -> pool -> flatten -> linear, with an optional ReLU before the linear layer (the shift
+    then does not commute) or a second path from the feature maps to the scores."""
+
+    def __init__(self, relu=False, second_path=False):
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+        self.relu, self.second_path = relu, second_path
+
+    def forward(self, x):
+        a = self.conv(x)
+        h = torch.flatten(self.pool(a), 1)
+        h = torch.relu(h) if self.relu else h
+        y = self.fc(h)
+        return y + a[:, :5, :2, :2].sum((2, 3)) if self.second_path else y
+
+
+@pytest.mark.parametrize("kind", ["plain", "relu", "second_path", "weights_changed"])
+def test_grad_cam_shortcut_only_where_it_is_the_gradient(kind, monkeypatch):
+    """A ReLU between pooling and the linear layer is seen in the forward pass (the chain breaks);
+    a second path to the scores is caught by the first call's comparison; changed weights make new
+    summed weights. In every case the maps equal the definition from the full gradient."""
+    net = _Net(relu=kind == "relu", second_path=kind == "second_path").eval()
+    models._INFERRED[net] = models.ModelInfo("net", "shapes", [str(i) for i in range(5)], input_size=8)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    asked = _requested(monkeypatch)
+    for _ in range(2):
+        if kind == "weights_changed":
+            net.fc.weight.data.mul_(-1.5)           # through .data: the version counter does not move
+        ref = cam._gradient_method(cam.grad_cam_map, net, x, [1, 3], "conv")
+        asked.clear()
+        ours = cam.grad_cam(net, x, [1, 3], "conv")
+        assert torch.allclose(ours, ref, atol=1e-5)
+    verdict = {"plain": [True], "relu": [], "second_path": [False], "weights_changed": [True]}[kind]
+    assert list(cam._FOLD_VERDICTS.get(net, {}).values()) == verdict
+    assert [len(s[0]) for s in asked] == ([] if verdict == [True] else [4])   # the second call: z are the scores
+
+
 def test_grad_cam_accepts_modules_and_several_layers_in_one_pass():
     model, x = model_and_input("resnet50")
     names = ["layer2", "layer3", "layer4"]
