@@ -18,7 +18,9 @@ Conventions of every function:
   forward pass (ResNet's shared ``relu`` inside a block) raises ``ValueError``.
 * The forward pass builds no graph before the layer (its output is made a leaf) and the
   backward pass stops at the layer: only the part of the network after the layer is
-  differentiated, never the weights.
+  differentiated, never the weights. Grad-CAM's backward pass stops earlier still where only
+  pooling lies between the layer and a linear layer (its weights need only the gradient's
+  spatial sums; see :func:`grad_cam`).
 * The model is left exactly as it was (hooks, ``inplace`` flags, ``requires_grad``, train/eval
   mode), also after an exception.
 """
@@ -755,8 +757,9 @@ class Cached:
     ``Cached(model, x, layer)`` runs the forward pass once: the network before the layer
     without a graph, the layer's output ``A`` as a leaf, and the part after the layer *with*
     its autograd graph, which is kept. A new class then costs only a backward pass through
-    that part (from the class score back to ``A``): no forward pass at all, and nothing
-    before the layer. Several classes of one image are one batched backward pass.
+    that part (from the class score back to ``A``; for Grad-CAM back to the first linear layer
+    where only pooling lies between, or none on a GAP network): no forward pass at all, and
+    nothing before the layer. Several classes of one image are one batched backward pass.
     :meth:`score_cam` keeps its masked images' probabilities for every class, so it too
     re-targets for free. The model is not changed; the cache holds as long as the model's
     weights are not changed (autograd raises if they were changed in place).
