@@ -6,10 +6,13 @@
 
 Speed does not depend on the weights, so VGG16 and ResNet50 are built with random weights
 (``weights=None``: no download). For each model, batch size and device, every method runs on the
-same input, in rounds: one round runs every method once, and the benchmark keeps each method's
-fastest round (the one least disturbed by other processes on a shared machine): at least
-``--rounds`` rounds, and more (up to 40, about 20 s) where a round is quick, as on ShapesNet, whose
-calls of a few milliseconds are the easiest to disturb. Each time is reported as a ratio to
+same input, in rounds: one round runs every method of a group once, and the benchmark keeps each
+method's fastest round (the one least disturbed by other processes on a shared machine): at least
+``--rounds`` rounds, and more (up to 40, about 20 s per group) where a round is quick, as on
+ShapesNet, whose calls of a few milliseconds are the easiest to disturb. The groups: the methods of
+one forward and one backward pass with their references (forward, floor, bare-torch Grad-CAM),
+whose rounds are short, so that many fit; the methods of n passes with n floors in a row; Score-CAM
+and the class images. Each time is reported as a ratio to
 
 * ``fwd``: one forward pass under ``torch.no_grad()``;
 * ``floor``: one forward pass plus one backward pass to the input (``torch.autograd.grad`` of the
@@ -238,7 +241,16 @@ def measure(name: str, batch: int, device, rounds: int, n: int, score_cam: bool)
         if device.type == "cuda":                  # batching vs n sequential passes
             fns[f"integrated_gradients (n={n}, batch_size=1)"] = lambda: gradients.integrated_gradients(
                 model, x, t, steps=n, batch_size=1, progress=False)
-    best = best_of(fns, rounds, device)
+    # three groups, each timed in rounds of its own: the one-pass methods with their references
+    # (a round of them is quick, so many rounds fit the budget and their fastest is reliable);
+    # the n-pass methods with n floors in a row; the rest (Score-CAM, class images)
+    many = [nfloors(n)] + [k for k in fns if k.startswith(("integrated_gradients", "smoothgrad"))]
+    rest = [k for k in fns if k.startswith(("score_cam", "class_image"))]
+    groups = [[k for k in fns if k not in many + rest], many, rest]
+    best = {}
+    for group in groups:
+        if group:
+            best.update(best_of({k: fns[k] for k in group}, rounds, device))
     with features.FilterOptimizer(model, layer, channel=list(range(batch)), steps=0, size=(size, size)) as opt:
         best.update(best_of(filter_fns(opt), rounds, device))
     if batch == 1:
