@@ -316,13 +316,8 @@ def grad_cam_map(A: torch.Tensor, g: torch.Tensor, counterfactual: bool = False)
     """
     if counterfactual:
         g = -g
-    alpha = g.mean(dim=(2, 3))                                 # alpha_k^c  [M, K]
-    return _weighted_maps(A, alpha)
-
-
-def _weighted_maps(A: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """``ReLU(sum_k alpha_k^c A^k)`` for activations ``[M, K, h, w]`` and weights ``[M, K]``."""
-    return F.relu((alpha[:, :, None, None] * A).sum(dim=1))
+    alpha = g.mean(dim=(2, 3), keepdim=True)                   # alpha_k^c  [M, K, 1, 1]
+    return F.relu((alpha * A).sum(dim=1))                      # ReLU(sum_k alpha_k^c A^k)
 
 
 def _gradient_method(formula, model, x, target, layer, **kwargs):
@@ -370,8 +365,9 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, layer=None,
             alpha = _grad_cam_weights(head, logits, cap.activations, image, classes)
     if alpha is None:
         return grad_cam(model, x, target, layer, counterfactual)   # again, with the full gradient
-    alpha = -alpha if counterfactual else alpha                # the counterfactual map: -g
-    return to_heatmap(_weighted_maps(_per_map(cap.activations.detach(), image), alpha), x.shape[-2:])
+    # alpha as a gradient [M, K, 1, 1]: its spatial mean is alpha itself
+    m = grad_cam_map(_per_map(cap.activations.detach(), image), alpha[:, :, None, None], counterfactual)
+    return to_heatmap(m, x.shape[-2:])
 
 
 # Grad-CAM's weights without the full gradient. alpha_k^c = 1/Z sum_ij dy^c/dA^k_ij is the
@@ -383,8 +379,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, layer=None,
 # takes the previous one's output) and a first call has matched it against the full gradient.
 _SHIFT_POOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 _PASS_THROUGH = (nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten)
+#: per model: chain (module ids) -> (shortcut equals the gradient, the linear layer gives the scores)
 _FOLD_VERDICTS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
-_AT_SCORES: "weakref.WeakKeyDictionary[nn.Module, set]" = weakref.WeakKeyDictionary()
 _FOLDS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -493,30 +489,32 @@ class _Head:
 
     @property
     def verdict(self):
-        """True: an earlier call matched the shortcut against the full gradient; False: it did not
-        (or the forward pass broke the chain); None: not tried yet."""
-        return _FOLD_VERDICTS.get(self.model, {}).get(self.key)
+        """True: an earlier call matched the shortcut against the full gradient; False: it did not;
+        None: not tried yet (or the forward pass has changed since)."""
+        return _FOLD_VERDICTS.get(self.model, {}).get(self.key, (None, False))[0]
 
     @property
     def at_scores(self) -> bool:
         """Whether, in the call that judged it, the linear layer's output was the model's output."""
-        return self.key in _AT_SCORES.get(self.model, ())
+        return _FOLD_VERDICTS.get(self.model, {}).get(self.key, (None, False))[1]
 
     def judge(self, ok: bool | None, at_scores: bool = False) -> None:
-        verdicts, scores = _FOLD_VERDICTS.setdefault(self.model, {}), _AT_SCORES.setdefault(self.model, set())
-        verdicts.pop(self.key, None) if ok is None else verdicts.__setitem__(self.key, ok)
-        scores.add(self.key) if ok and at_scores else scores.discard(self.key)
+        verdicts = _FOLD_VERDICTS.setdefault(self.model, {})
+        if ok is None:
+            verdicts.pop(self.key, None)
+        else:
+            verdicts[self.key] = (ok, bool(ok and at_scores))
 
 
 def _summed_weights(linear: nn.Linear, k: int, positions: int) -> torch.Tensor:
     """``Wsum [out, K]``: the linear layer's weights summed over the positions of each channel."""
     W = linear.weight.detach()
     key = (W.data_ptr(), W._version, W.dtype, W.device, k, positions)
-    probe = W.view(-1)[::max(1, W.numel() // 1024)]       # catches changes through .data, which
+    probe = W.reshape(-1)[::max(1, W.numel() // 1024)]       # catches changes through .data, which
     kept = _FOLDS.get(linear)                              # leave the version counter alone
     if kept is None or kept[0] != key or not torch.equal(kept[1], probe):
         with torch.inference_mode(False), torch.no_grad():  # kept for later calls, as _linear_weights
-            kept = (key, probe.clone(), W.view(W.shape[0], k, positions).sum(2))
+            kept = (key, probe.clone(), W.reshape(W.shape[0], k, positions).sum(2))
         _FOLDS[linear] = kept
     return kept[2]
 
@@ -802,8 +800,8 @@ class Cached:
         image, classes = _plan(self.model, self.x, target)
         alpha = _grad_cam_weights(self._head, self.logits, self.activations, image, classes,
                                   retain_graph=True, eye=self._eye)
-        alpha = -alpha if counterfactual else alpha
-        return to_heatmap(_weighted_maps(_per_map(self._A, image), alpha), self.size)
+        m = grad_cam_map(_per_map(self._A, image), alpha[:, :, None, None], counterfactual)  # as in grad_cam
+        return to_heatmap(m, self.size)
 
     def grad_cam_pp(self, target) -> torch.Tensor:
         """Grad-CAM++ ``[M, H, W]`` for ``target``; equals :func:`grad_cam_pp`."""

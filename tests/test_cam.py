@@ -163,7 +163,7 @@ def test_grad_cam_stops_at_the_linear_layer_after_pooling(name, monkeypatch):
     asked = _requested(monkeypatch)
     first = cam.grad_cam(model, x, TARGETS, layer)
     assert [len(s[0]) for s in asked] == [4, 2], asked            # full gradient, then z: compared
-    assert list(cam._FOLD_VERDICTS[model].values()) == [True]
+    assert [ok for ok, _ in cam._FOLD_VERDICTS[model].values()] == [True]
     asked.clear()
     second = cam.grad_cam(model, x, TARGETS, layer)
     # z only; on a GAP network z are the scores and dy^c/dz is one-hot: no backward pass at all
@@ -199,12 +199,14 @@ class _Net(nn.Module):
         return y + a[:, :5, :2, :2].sum((2, 3)) if self.second_path else y
 
 
-@pytest.mark.parametrize("kind", ["plain", "relu", "second_path", "weights_changed"])
+@pytest.mark.parametrize("kind", ["plain", "relu", "second_path", "weights_changed", "strided_weights"])
 def test_grad_cam_shortcut_only_where_it_is_the_gradient(kind, monkeypatch):
     """A ReLU between pooling and the linear layer is seen in the forward pass (the chain breaks);
     a second path to the scores is caught by the first call's comparison; changed weights make new
     summed weights. In every case the maps equal the definition from the full gradient."""
     net = _Net(relu=kind == "relu", second_path=kind == "second_path").eval()
+    if kind == "strided_weights":                   # a weight that is a transposed view (not contiguous)
+        net.fc.weight = nn.Parameter(net.fc.weight.detach().t().contiguous().t())
     models._INFERRED[net] = models.ModelInfo("net", "shapes", [str(i) for i in range(5)], input_size=8)
     x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     asked = _requested(monkeypatch)
@@ -215,8 +217,9 @@ def test_grad_cam_shortcut_only_where_it_is_the_gradient(kind, monkeypatch):
         asked.clear()
         ours = cam.grad_cam(net, x, [1, 3], "conv")
         assert torch.allclose(ours, ref, atol=1e-5)
-    verdict = {"plain": [True], "relu": [], "second_path": [False], "weights_changed": [True]}[kind]
-    assert list(cam._FOLD_VERDICTS.get(net, {}).values()) == verdict
+    verdict = {"plain": [True], "relu": [], "second_path": [False], "weights_changed": [True],
+               "strided_weights": [True]}[kind]
+    assert [ok for ok, _ in cam._FOLD_VERDICTS.get(net, {}).values()] == verdict
     assert [len(s[0]) for s in asked] == ([] if verdict == [True] else [4])   # the second call: z are the scores
 
 
