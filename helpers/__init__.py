@@ -54,7 +54,8 @@ def device():
 def setup(seed: int = 0, quiet: bool = False):
     """First cell of every chapter: seeds, plotting defaults, device; prints the world in use.
 
-    Returns the device (CUDA when available, else CPU). Explained in chapter 00.
+    Returns the device (CUDA when available, else CPU). Computations stay in full float32 on a
+    GPU (TF32 off), so that the chapters' checks hold there as on the CPU. Explained in chapter 00.
     """
     import numpy as np
     import torch
@@ -75,6 +76,11 @@ def setup(seed: int = 0, quiet: bool = False):
         })
     except ImportError:  # pragma: no cover - matplotlib is a requirement
         pass
+    # Full float32 on a GPU too. By default cuDNN's convolutions use TF32 on Ampere and newer GPUs
+    # (about 1e-3 relative error), more than the chapters' checks allow where they compare two
+    # computations of the same quantity (a walkthrough and its helper, relevance conservation).
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     dev = device()
     if not quiet:
         from . import models

@@ -862,13 +862,19 @@ def timings(model: nn.Module, x: torch.Tensor, layer=None, repeat: int = 5, cloc
     other processes) in seconds, and the ratios ``grad_cam_ratio = grad_cam / forward`` and
     ``retarget_ratio = retarget / forward``. ``clock`` is the timer (default
     ``time.perf_counter``, wall time); on a busy shared machine ``time.thread_time`` with
-    ``torch.set_num_threads(1)`` counts only the work done, which other processes cannot inflate.
+    ``torch.set_num_threads(1)`` counts only the work done, which other processes cannot inflate
+    (on a GPU, use wall time: the clock is read after the GPU has finished its queued work).
     Explained in chapter 11, Grad-CAM.
     """
     import time
 
     clock = clock or time.perf_counter
     x = _input(model, x)
+
+    def now() -> float:       # a GPU runs queued work later: wait for it before reading the clock
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        return clock()
     layer = models.last_conv_layer(model) if layer is None else layer
     n_classes = len(models.info(model).classes)
     with hooks.frozen(model):
@@ -878,14 +884,14 @@ def timings(model: nn.Module, x: torch.Tensor, layer=None, repeat: int = 5, cloc
         grad_cam(model, x, top, layer)
         times = {"forward": [], "grad_cam": [], "retarget": []}
         for i in range(repeat):
-            t0 = clock()
+            t0 = now()
             with torch.no_grad():
                 model(x)
-            t1 = clock()
+            t1 = now()
             grad_cam(model, x, top, layer)
-            t2 = clock()
+            t2 = now()
             cached.grad_cam((top + 1 + i) % n_classes)
-            t3 = clock()
+            t3 = now()
             times["forward"].append(t1 - t0)
             times["grad_cam"].append(t2 - t1)
             times["retarget"].append(t3 - t2)

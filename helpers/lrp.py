@@ -411,4 +411,4 @@ def mask_share(R, mask) -> float:
     r = R.detach().cpu().sum(0) if isinstance(R, torch.Tensor) and R.ndim == 3 else torch.as_tensor(R)
     pos = r.clamp(min=0)
     total = float(pos.sum())
-    return float(pos[torch.as_tensor(mask, dtype=torch.bool)].sum()) / total if total > 0 else 0.0
+    return float(pos[torch.as_tensor(mask, dtype=torch.bool).to(pos.device)].sum()) / total if total > 0 else 0.0

@@ -366,7 +366,7 @@ def init_encoder(net: DeconvNet, classifier: nn.Module, x: torch.Tensor) -> None
             convs = iter(theirs)
             for src, dst in zip(theirs, mine):
                 o, i = src.weight.shape[:2]
-                dst.weight[:o, :i] = src.weight
+                dst.weight[:o, :i] = src.weight.to(dst.weight.device)   # the classifier may live elsewhere
                 dst.weight[:o, i:] = 0
             for m in block:  # run the block layer by layer, setting each batch norm on the way
                 if isinstance(m, nn.BatchNorm2d):
@@ -381,7 +381,7 @@ def _set_norm(bn: nn.BatchNorm2d, z: torch.Tensor, src: nn.Conv2d) -> None:
     """Set ``bn`` from the statistics of its input ``z`` (see :func:`init_encoder`)."""
     o = src.weight.shape[0]
     mean, var = z.mean((0, 2, 3)), z.var((0, 2, 3), unbiased=False)
-    bias = src.bias if src.bias is not None else torch.zeros_like(mean[:o])
+    bias = src.bias.to(mean.device) if src.bias is not None else torch.zeros_like(mean[:o])
     bn.running_mean.copy_(mean)
     bn.running_var.copy_(var)
     bn.weight.fill_(1.0)

@@ -99,6 +99,29 @@ def test_setup_cell_local_path(monkeypatch, capsys):
     assert str(ns["device"]) in ("cpu", "cuda")
 
 
+def test_setup_keeps_full_float32_on_a_gpu():
+    """cuDNN's TF32 (on by default) would break the chapters' tight comparisons on a GPU."""
+    import random
+
+    import matplotlib
+    import numpy as np
+    import torch
+
+    import helpers
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    states = random.getstate(), np.random.get_state()
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with matplotlib.rc_context(), torch.random.fork_rng():   # setup's other settings, undone
+            helpers.setup(quiet=True)
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+
+
 def test_setup_cell_colab_path(monkeypatch, tmp_path, capsys):
     """In Colab: no repository around, so it clones at the configured ref (stubbed here) and uses it."""
     src = source(setup_cell(BOOK / "00_models_and_images.ipynb"))

@@ -2,7 +2,8 @@
 
     python tests/benchmarks/benchmark.py                 # all models, batch 1 and 8, CPU (and GPU if any)
     python tests/benchmarks/benchmark.py --quick         # ShapesNet only (a minute)
-    python tests/benchmarks/benchmark.py --readme        # also rewrite the table in README.md
+    python tests/benchmarks/benchmark.py --readme        # also rewrite the tables in README.md
+    python tests/benchmarks/benchmark.py --devices cuda --readme   # the GPU's table alone
 
 Speed does not depend on the weights, so VGG16 and ResNet50 are built with random weights
 (``weights=None``: no download). For each model, batch size and device, every method runs on the
@@ -241,6 +242,8 @@ def measure(name: str, batch: int, device, rounds: int, n: int, score_cam: bool)
         if device.type == "cuda":                  # batching vs n sequential passes
             fns[f"integrated_gradients (n={n}, batch_size=1)"] = lambda: gradients.integrated_gradients(
                 model, x, t, steps=n, batch_size=1, progress=False)
+            fns[f"smoothgrad (n={n}, batch_size=1)"] = lambda: gradients.smoothgrad(
+                model, x, t, samples=n, batch_size=1, progress=False)
     # three groups, each timed in rounds of its own: the one-pass methods with their references
     # (a round of them is quick, so many rounds fit the budget and their fastest is reliable);
     # the n-pass methods with n floors in a row; the rest (Score-CAM, class images)
@@ -324,7 +327,7 @@ def table(results: list) -> str:
     return "\n".join(lines)
 
 
-def header() -> str:
+def header(device: str = "cpu") -> str:
     cpu = platform.processor() or platform.machine()
     try:
         for line in open("/proc/cpuinfo"):
@@ -333,11 +336,31 @@ def header() -> str:
                 break
     except OSError:
         pass
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return (f"Measured {datetime.date.today().isoformat()} with torch {torch.__version__}, "
-            f"{torch.get_num_threads()} CPU threads ({cpu}){gpu}. Cells: time as a multiple of one "
-            f"forward pass / of the floor (one forward + one input-gradient backward); `!` marks a "
-            f"goal missed.")
+    where = (f"GPU {torch.cuda.get_device_name(0)} (TF32 as torch's defaults leave it), host CPU {cpu}"
+             if device == "cuda" else f"{torch.get_num_threads()} CPU threads ({cpu})")
+    return (f"Measured {datetime.date.today().isoformat()} with torch {torch.__version__}, {where}. "
+            f"Cells: time as a multiple of one forward pass / of the floor (one forward + one "
+            f"input-gradient backward); `!` marks a goal missed.")
+
+
+def batching(results: list) -> str:
+    """On a GPU: how much faster n path points or noisy copies in one batch are than n passes of one."""
+    lines = []
+    for r in results:
+        for method in ("integrated_gradients", "smoothgrad"):
+            n = r["n"]
+            one, batched = r["times"].get(f"{method} (n={n}, batch_size=1)"), r["times"][f"{method} (n={n})"]
+            if one:
+                lines.append(f"{r['model']} b{r['batch']}: {method} {one / batched:.1f} x")
+    if not lines:
+        return ""
+    return ("Batching on the GPU: n = " + str(results[0]["n"]) + " path points or noisy copies in one "
+            "batch against n passes of one (`batch_size=1`), time of the n passes / time batched: "
+            + "; ".join(lines) + ".")
+
+
+BLOCKS = {"cpu": ("<!-- benchmark:start -->", "<!-- benchmark:end -->"),
+          "cuda": ("<!-- benchmark-gpu:start -->", "<!-- benchmark-gpu:end -->")}
 
 
 def main(argv=None) -> str:
@@ -345,36 +368,45 @@ def main(argv=None) -> str:
     p.add_argument("--quick", action="store_true", help="ShapesNet only")
     p.add_argument("--models", nargs="*", default=None)
     p.add_argument("--batches", nargs="*", type=int, default=[1, 8])
+    p.add_argument("--devices", nargs="*", choices=["cpu", "cuda"], default=None,
+                   help="default: the CPU, and the GPU where there is one")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--n", type=int, default=8, help="IG steps and SmoothGrad samples")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (the README's table: 2)")
     p.add_argument("--score-cam", action="store_true",
                    help="also Score-CAM on VGG16/ResNet50 (512/2048 masked forward passes: slow)")
-    p.add_argument("--readme", action="store_true", help="rewrite the table in README.md")
+    p.add_argument("--readme", action="store_true",
+                   help="rewrite the tables in README.md (the CPU's and the GPU's: each one measured)")
     p.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = args.models or (["shapesnet"] if args.quick else ["shapesnet", "vgg16", "resnet50"])
-    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-    results = []
-    for device in devices:
+    kinds = args.devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    if "cuda" in kinds and not torch.cuda.is_available():
+        raise SystemExit("--devices cuda: torch sees no GPU here")
+    texts = {}
+    for kind in kinds:
+        device, results = torch.device(kind), []
         for name in names:
             for batch in args.batches:
                 started = time.perf_counter()
                 r = measure(name, batch, device, args.rounds, args.n,
                             score_cam=args.score_cam or name == "shapesnet")
                 results.append(r)
-                print(f"{name} batch {batch} {device.type}: {time.perf_counter() - started:.0f} s", flush=True)
-    text = header() + "\n\n" + table(results) + "\n"
+                print(f"{name} batch {batch} {kind}: {time.perf_counter() - started:.0f} s", flush=True)
+        extra = batching(results)
+        texts[kind] = header(kind) + "\n\n" + table(results) + "\n" + (f"\n{extra}\n" if extra else "")
+    text = "\n".join(texts.values())
     print(text)
     args.out.write_text("# Benchmark results\n\n" + text)
     if args.readme:
         readme = ROOT / "README.md"
         s = readme.read_text()
-        start, end = "<!-- benchmark:start -->", "<!-- benchmark:end -->"
-        if start not in s:
-            raise SystemExit("README.md has no benchmark markers")
-        s = re.sub(re.escape(start) + ".*?" + re.escape(end), start + "\n" + text + end, s, flags=re.S)
+        for kind, block in texts.items():
+            start, end = BLOCKS[kind]
+            if start not in s:
+                raise SystemExit(f"README.md has no {start} marker")
+            s = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _m: start + "\n" + block + end, s, flags=re.S)
         readme.write_text(s)
     return text
 
