@@ -9,6 +9,12 @@ reported (its index, id and the last line of its error) and the chapter runs on 
 
     python tests/chapters_plain.py            # every chapter
     python tests/chapters_plain.py 05 17      # some chapters
+    python tests/chapters_plain.py --random-weights   # the real architectures, random weights
+
+``--random-weights`` runs the ImageNet architectures (VGG16, ResNet50, GoogLeNet, ...) built with
+random weights instead of the offline world (``CNNVIS_RANDOM_WEIGHTS=1``, as
+``tests/benchmarks/chapters.py`` does): the code paths and tensor sizes of a reader with the real
+weights, where the checks that need trained weights fail (chapters 16 and 17, see README).
 """
 from __future__ import annotations
 
@@ -48,8 +54,10 @@ print("RESULT " + json.dumps({"failed": failed, "device": str(ns.get("device"))}
 '''
 
 
-def run(path: Path, timeout: int) -> dict:
-    env = dict(os.environ, CNNVIS_OFFLINE="1", MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
+def run(path: Path, timeout: int, random_weights: bool = False) -> dict:
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
+    env.pop("CNNVIS_RANDOM_WEIGHTS" if not random_weights else "CNNVIS_OFFLINE", None)
+    env["CNNVIS_RANDOM_WEIGHTS" if random_weights else "CNNVIS_OFFLINE"] = "1"
     start = time.perf_counter()
     try:
         p = subprocess.run([sys.executable, "-c", CHILD, str(path)], cwd=BOOK, env=env, timeout=timeout,
@@ -71,13 +79,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("chapters", nargs="*", help="chapter numbers (default: all)")
     ap.add_argument("--timeout", type=int, default=600, help="seconds per chapter")
+    ap.add_argument("--random-weights", action="store_true", help="real architectures, random weights")
     args = ap.parse_args(argv)
     paths = sorted(BOOK.glob("[0-9][0-9]_*.ipynb"))
     if args.chapters:
         paths = [p for p in paths if p.name[:2] in {c.zfill(2) for c in args.chapters}]
     bad = 0
     for path in paths:
-        r = run(path, args.timeout)
+        r = run(path, args.timeout, args.random_weights)
         status = "ok" if not r["failed"] else "; ".join(
             f"cell {f.get('cell', '?')} ({f.get('id')}): {f['error']}" for f in r["failed"])
         bad += bool(r["failed"])

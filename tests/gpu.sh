@@ -8,6 +8,8 @@
 #              the other GPU cases of the test suite (about a minute)
 #   chapters   every chapter's code on the GPU, in the offline world, with tests/chapters_plain.py
 #              (no Jupyter needed; a few minutes)
+#   random     the same with the real architectures built with random weights (optional: not in the
+#              default stages; the checks that need trained weights fail, chapters 16 and 17)
 #   benchmark  the benchmark's GPU table, written into README.md between the benchmark-gpu markers
 #              (tests/benchmarks/benchmark.py --devices cuda --readme; a few minutes)
 #
@@ -38,12 +40,14 @@ for stage in "${stages[@]}"; do
                 2>&1 | tee "$out/tests.log" || status=1 ;;
         chapters)
             "$python" tests/chapters_plain.py > >(tee "$out/chapters.log") 2> "$out/chapters-errors.log" || status=1 ;;
+        random)
+            "$python" tests/chapters_plain.py --random-weights > >(tee "$out/random.log") 2> "$out/random-errors.log" || status=1 ;;
         benchmark)
             "$python" tests/benchmarks/benchmark.py --devices cuda --readme --out "$out/benchmark-gpu.md" \
                 2>&1 | tee "$out/benchmark.log" || status=1
             cp README.md "$out/README.md" ;;
         *)
-            echo "unknown stage $stage (tests, chapters, benchmark)"; status=1 ;;
+            echo "unknown stage $stage (tests, chapters, random, benchmark)"; status=1 ;;
     esac
 done
 exit $status
