@@ -55,7 +55,8 @@ print("RESULT " + json.dumps({"failed": failed, "device": str(ns.get("device"))}
 
 
 def run(path: Path, timeout: int, random_weights: bool = False) -> dict:
-    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
+    path_ = os.pathsep.join([str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=path_)     # keeps what gpu.sh put there
     env.pop("CNNVIS_RANDOM_WEIGHTS" if not random_weights else "CNNVIS_OFFLINE", None)
     env["CNNVIS_RANDOM_WEIGHTS" if random_weights else "CNNVIS_OFFLINE"] = "1"
     start = time.perf_counter()
