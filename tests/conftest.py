@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ["CNNVIS_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -28,3 +30,15 @@ kernel_wakeup.install()
 def pytest_addoption(parser):
     parser.addoption("--built-book", default=None,
                      help="folder of a built book (_build/html) for tests/test_built_book.py")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def full_float32():
+    """The tests compare computations in float32, as the chapters do after ``helpers.setup()``: on a
+    GPU, cuDNN's default TF32 convolutions (about 1e-3 relative error) would fail them."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

@@ -5,8 +5,8 @@ load their models and move their inputs there. Each case below runs one helper t
 input, with the model on the CPU and with a copy on the GPU, and checks that the GPU run raises
 nothing, returns what the helper promises where it promises it (maps on the CPU), and agrees with
 the CPU run: exactly where the work is the same, and within a stated tolerance where float
-rounding enters (TF32 is switched off for the comparison; optimisations run only a few steps, so
-rounding has little room to grow).
+rounding enters (TF32 is off in the tests, as in the chapters: tests/conftest.py; optimisations
+run only a few steps, so rounding has little room to grow).
 
 Skipped where there is no GPU, as in CI. ``CNNVIS_TEST_DEVICE=cpu pytest tests/test_gpu.py`` runs
 the same cases with the second copy on the CPU: that checks the test code, not a GPU. On a machine
@@ -26,15 +26,6 @@ from helpers import cam, deconvnet, features, gradients, images, lrp, metrics, m
 
 DEVICE = os.environ.get("CNNVIS_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else None)
 pytestmark = pytest.mark.skipif(DEVICE is None, reason="no GPU (set CNNVIS_TEST_DEVICE=cpu to check the test itself)")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def no_tf32():
-    """Full float32 matrix products and convolutions on the GPU, so that CPU and GPU can be compared."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 @pytest.fixture(scope="module")
