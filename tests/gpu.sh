@@ -11,7 +11,7 @@
 #   random     the same with the real architectures built with random weights (optional: not in the
 #              default stages; the checks that need trained weights fail, chapters 16 and 17)
 #   benchmark  the benchmark's GPU table, written into README.md between the benchmark-gpu markers
-#              (tests/benchmarks/benchmark.py --devices cuda --readme; a few minutes)
+#              (tests/benchmarks/benchmark.py --devices cuda --budget 10 --readme; a few minutes)
 #
 # Needs torch with CUDA, numpy, scipy, matplotlib, OpenCV, Pillow, tqdm and pytest. IPython and
 # ipywidgets, which the chapters use, are installed from .whl/ when that folder exists (see
@@ -43,7 +43,7 @@ for stage in "${stages[@]}"; do
         random)
             "$python" tests/chapters_plain.py --random-weights > >(tee "$out/random.log") 2> "$out/random-errors.log" || status=1 ;;
         benchmark)
-            "$python" tests/benchmarks/benchmark.py --devices cuda --readme --out "$out/benchmark-gpu.md" \
+            "$python" tests/benchmarks/benchmark.py --devices cuda --budget 10 --readme --out "$out/benchmark-gpu.md" \
                 2>&1 | tee "$out/benchmark.log" || status=1
             cp README.md "$out/README.md" ;;
         *)

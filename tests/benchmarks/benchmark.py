@@ -197,7 +197,7 @@ def memory_growth(model, layer, size, device, steps=500) -> dict:
     return at
 
 
-def measure(name: str, batch: int, device, rounds: int, n: int, score_cam: bool) -> dict:
+def measure(name: str, batch: int, device, rounds: int, n: int, score_cam: bool, budget: float = 20.0) -> dict:
     torch.manual_seed(0)
     model = build(name, device)
     size = SIZES[name]
@@ -253,9 +253,9 @@ def measure(name: str, batch: int, device, rounds: int, n: int, score_cam: bool)
     best = {}
     for group in groups:
         if group:
-            best.update(best_of({k: fns[k] for k in group}, rounds, device))
+            best.update(best_of({k: fns[k] for k in group}, rounds, device, budget))
     with features.FilterOptimizer(model, layer, channel=list(range(batch)), steps=0, size=(size, size)) as opt:
-        best.update(best_of(filter_fns(opt), rounds, device))
+        best.update(best_of(filter_fns(opt), rounds, device, budget))
     if batch == 1:
         k = 6   # the cost of a step without the set-up: (6 steps - 1 step) / 5
         best["class_image step"] = (best.pop(f"class_image ({k} steps)") - best.pop("class_image (1 step)")) / (k - 1)
@@ -372,6 +372,8 @@ def main(argv=None) -> str:
                    help="default: the CPU, and the GPU where there is one")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--n", type=int, default=8, help="IG steps and SmoothGrad samples")
+    p.add_argument("--budget", type=float, default=20.0,
+                   help="seconds of rounds per group of methods, at most (a round is always completed)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (the README's table: 2)")
     p.add_argument("--score-cam", action="store_true",
                    help="also Score-CAM on VGG16/ResNet50 (512/2048 masked forward passes: slow)")
@@ -391,7 +393,7 @@ def main(argv=None) -> str:
             for batch in args.batches:
                 started = time.perf_counter()
                 r = measure(name, batch, device, args.rounds, args.n,
-                            score_cam=args.score_cam or name == "shapesnet")
+                            score_cam=args.score_cam or name == "shapesnet", budget=args.budget)
                 results.append(r)
                 print(f"{name} batch {batch} {kind}: {time.perf_counter() - started:.0f} s", flush=True)
         extra = batching(results)
