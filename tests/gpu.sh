@@ -6,7 +6,7 @@
 #
 #   tests      tests/test_gpu.py (every helper that takes a model, on the GPU against the CPU) and
 #              the other GPU cases of the test suite (about a minute)
-#   chapters   every chapter's code on the GPU, in the offline world, with tests/chapters_plain.py
+#   chapters   every chapter's code on the GPU, in the offline world, with tests/benchmarks/chapters.py --plain
 #              (no Jupyter needed; a few minutes)
 #   random     the same with the real architectures built with random weights (optional: not in the
 #              default stages; the checks that need trained weights fail, chapters 16 and 17)
@@ -39,9 +39,9 @@ for stage in "${stages[@]}"; do
                 tests/test_gradients.py::test_gpu_matches_cpu tests/test_images.py::test_gpu_round_trip \
                 2>&1 | tee "$out/tests.log" || status=1 ;;
         chapters)
-            "$python" tests/chapters_plain.py > >(tee "$out/chapters.log") 2> "$out/chapters-errors.log" || status=1 ;;
+            "$python" tests/benchmarks/chapters.py --plain --offline > >(tee "$out/chapters.log") 2> "$out/chapters-errors.log" || status=1 ;;
         random)
-            "$python" tests/chapters_plain.py --random-weights > >(tee "$out/random.log") 2> "$out/random-errors.log" || status=1 ;;
+            "$python" tests/benchmarks/chapters.py --plain > >(tee "$out/random.log") 2> "$out/random-errors.log" || status=1 ;;
         benchmark)
             "$python" tests/benchmarks/benchmark.py --devices cuda --budget 10 --readme --out "$out/benchmark-gpu.md" \
                 2>&1 | tee "$out/benchmark.log" || status=1
