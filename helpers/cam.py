@@ -161,16 +161,19 @@ def to_heatmap(m: torch.Tensor, size, signed: bool = False) -> torch.Tensor:
 
 
 @contextlib.contextmanager
-def _captured(model: nn.Module, modules, leaf: bool = False):
+def _captured(model: nn.Module, modules, leaf: bool = False, graph: bool = True):
     """``hooks.capture`` of each layer, inside ``hooks.frozen`` (parameters frozen, eval mode).
 
     One snapshot of the model (the one ``frozen`` takes and restores on exit, normally or through
     an exception) instead of one per context keeps Grad-CAM close to a forward pass in cost. With
     ``leaf=True`` the first requested layer that runs hands on a copy of a new leaf ``A`` (see
     ``hooks.capture``): the forward pass before it builds no graph, and later requested layers
-    stay in the graph, so one backward pass gives every layer's gradient.
+    stay in the graph, so one backward pass gives every layer's gradient. ``graph=False``, for
+    callers that run the model under ``torch.no_grad()``: ``hooks.evaluated`` instead of
+    ``frozen``, which takes no snapshot where the model is in eval mode (the hooks added here are
+    removed through their handles either way).
     """
-    with hooks.frozen(model):
+    with hooks.frozen(model) if graph else hooks.evaluated(model):
         caps = []
         try:
             for m in modules:
@@ -297,7 +300,7 @@ def cam(model: nn.Module, x: torch.Tensor, target, layer=None) -> torch.Tensor:
     x = _input(model, x)
     image, classes = _plan(model, x, target)
     (module,), _ = _layer_list(model, layer)
-    with _captured(model, [module]) as (cap,), torch.no_grad():
+    with _captured(model, [module], graph=False) as (cap,), torch.no_grad():
         logits = _logits(model(x), model)
         A = cap.activations
         fc = gap_classifier(model, module, A, logits)
@@ -354,8 +357,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, layer=None,
     head = _Head(model, modules[0])
     short = bool(head.verdict)                  # an earlier call showed that the backward may stop at z
     no_graph = short and head.at_scores         # ... and that z are the scores: no backward pass at all
-    with _captured(model, modules, leaf=not short) as (cap,), head.hooked(z_leaf=short and not no_graph), \
-            torch.no_grad() if no_graph else torch.enable_grad():
+    with _captured(model, modules, leaf=not short, graph=not no_graph) as (cap,), \
+            head.hooked(z_leaf=short and not no_graph), torch.no_grad() if no_graph else torch.enable_grad():
         logits = _logits(model(x), model)
         _check_maps(cap, model)
         if short and (head.fold() is None or (no_graph and logits is not head.returned)):
@@ -382,6 +385,8 @@ _PASS_THROUGH = (nn.Dropout, nn.Dropout2d, nn.Identity, nn.Flatten)
 #: per model: chain (module ids) -> (shortcut equals the gradient, the linear layer gives the scores)
 _FOLD_VERDICTS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 _FOLDS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+#: per model: id(layer) -> (layer, its head candidates)
+_CANDIDATES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 def _shift_commutes(m: nn.Module) -> bool:
@@ -396,7 +401,15 @@ def _shift_commutes(m: nn.Module) -> bool:
 def _head_candidates(model: nn.Module, module: nn.Module) -> list:
     """The leaf modules registered after ``module`` (outside it) that may belong to a pooled linear
     head: pooling, identities and linear layers. Only candidates: :class:`_Head` checks in the
-    forward pass which of them ran, in which order, each on the previous one's output."""
+    forward pass which of them ran, in which order, each on the previous one's output.
+
+    Kept per model and layer, since the walk costs as much as a small network's last layers. A
+    list gone stale (modules replaced since) cannot give a wrong map: the hooked modules then no
+    longer form the chain in the forward pass, :meth:`_Head.fold` finds no chain, the call takes
+    the full gradient, and the list is made again at the next call."""
+    kept = _CANDIDATES.setdefault(model, {}).get(id(module))
+    if kept is not None and kept[0] is module:
+        return kept[1]
     inside = {id(m) for m in module.modules()}
     found, after = [], False
     for m in model.modules():
@@ -405,6 +418,7 @@ def _head_candidates(model: nn.Module, module: nn.Module) -> list:
         elif after and id(m) not in inside and not m._modules and (
                 isinstance(m, nn.Linear) or _shift_commutes(m)):
             found.append(m)
+    _CANDIDATES[model][id(module)] = (module, found)
     return found
 
 
@@ -462,6 +476,8 @@ class _Head:
         """(z, Wsum) when this forward pass ran pooling only from the layer to a linear layer; else None."""
         if self._fold == ():
             self._fold = self._chain()
+            if self._fold is None:                   # no chain: the kept candidates may be stale
+                _CANDIDATES.get(self.model, {}).pop(id(self.module), None)
         return self._fold
 
     def _chain(self):
@@ -530,7 +546,8 @@ def _grad_cam_weights(head: _Head, logits, A, image, classes, retain_graph=False
         if logits is head.returned:                  # z are the scores: dy^c/dz is one-hot
             if not head.at_scores:
                 head.judge(True, at_scores=True)
-            return wsum[classes] / (A.shape[2] * A.shape[3])
+            rows = wsum[classes[0]:classes[0] + 1] if len(classes) == 1 else wsum[classes]  # a view, or a gather
+            return rows / (A.shape[2] * A.shape[3])
         (gz,) = _class_gradients(logits, [z], image, classes, retain_graph, eye)
         return (gz @ wsum) / (A.shape[2] * A.shape[3])
     (g,) = _class_gradients(logits, [A], image, classes, retain_graph or verdict is None, eye)

@@ -97,6 +97,37 @@ def frozen(model: nn.Module, eval_mode: bool = True):
         _restore(state)
 
 
+def _in_eval_mode(model: nn.Module) -> bool:
+    """Whether every module of the model is in eval mode (a walk over the ``_modules`` dicts)."""
+    todo, seen = [model], {id(model)}
+    while todo:
+        d = todo.pop().__dict__
+        if d.get("training"):
+            return False
+        for child in d["_modules"].values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                todo.append(child)
+    return True
+
+
+@contextlib.contextmanager
+def evaluated(model: nn.Module):
+    """Eval mode while it runs, for code that runs the model under ``torch.no_grad()`` and removes
+    the hooks it adds itself (through their handles, in a ``finally``).
+
+    Under ``torch.no_grad()`` no gradient reaches a weight whatever its ``requires_grad``, so the
+    parameters need not be frozen; if every module already is in eval mode (the usual case) there
+    is nothing to change and no snapshot is taken: on a small network at batch 1 the snapshot
+    costs as much as a few of its layers. Otherwise this is :func:`frozen`.
+    """
+    if _in_eval_mode(model):
+        yield model
+    else:
+        with frozen(model):
+            yield model
+
+
 # --------------------------------------------------------------------------- capture
 @dataclass
 class Capture:

@@ -39,6 +39,8 @@ NAMES = tuple(TORCHVISION) + OFFLINE
 
 _INFO_ATTR = "_cnnvis_info"
 _INFERRED: "weakref.WeakKeyDictionary[nn.Module, ModelInfo]" = weakref.WeakKeyDictionary()  # info() of models not made by load
+#: per model: id(module) -> the dotted name layer_name found (checked against the model at each use)
+_NAMES: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -259,8 +261,17 @@ def layer_name(model: nn.Module, module) -> str:
     if isinstance(module, str):
         layer(model, module)
         return module
-    for n, m in model.named_modules():
+    names = _NAMES.setdefault(model, {})
+    name = names.get(id(module))
+    if name is not None:                  # found before: still this module's name? (the model may
+        try:                              # have changed since; following the dots is cheap)
+            if model.get_submodule(name) is module:
+                return name
+        except AttributeError:
+            pass
+    for n, m in model.named_modules():    # a walk that builds every name: done once per module
         if m is module:
+            names[id(module)] = n
             return n
     raise ValueError(f"the module {type(module).__name__} is not part of this model")
 

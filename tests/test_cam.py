@@ -223,6 +223,69 @@ def test_grad_cam_shortcut_only_where_it_is_the_gradient(kind, monkeypatch):
     assert [len(s[0]) for s in asked] == ([] if verdict == [True] else [4])   # the second call: z are the scores
 
 
+def test_grad_cam_follows_a_head_replaced_after_the_shortcut_was_judged(monkeypatch):
+    """The head's candidate modules are kept per layer. A head replaced after the shortcut was
+    judged (a new linear layer; a non-linearity after the pooling) breaks the chain in the forward
+    pass: the call takes the full gradient, the candidates are found again, and every map equals
+    the definition."""
+    net = _Net().eval()
+    models._INFERRED[net] = models.ModelInfo("net", "shapes", [str(i) for i in range(5)], input_size=8)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    asked = _requested(monkeypatch)
+    for _ in range(2):
+        cam.grad_cam(net, x, [1, 3], "conv")
+    asked.clear()
+    cam.grad_cam(net, x, [1, 3], "conv")
+    assert asked == []                               # the shortcut: z are the scores, no backward pass
+    torch.manual_seed(5)
+    net.fc = nn.Linear(6 * 4 * 4, 5)
+    for _ in range(3):
+        ref = cam._gradient_method(cam.grad_cam_map, net, x, [1, 3], "conv")
+        assert torch.allclose(cam.grad_cam(net, x, [1, 3], "conv"), ref, atol=1e-5)
+    assert cam._CANDIDATES[net][id(net.conv)][1] == [net.pool, net.fc]
+    net.pool = nn.Sequential(nn.MaxPool2d(2), nn.Tanh())   # tanh: the shift no longer commutes
+    for _ in range(3):
+        ref = cam._gradient_method(cam.grad_cam_map, net, x, [1, 3], "conv")
+        assert torch.allclose(cam.grad_cam(net, x, [1, 3], "conv"), ref, atol=1e-5)
+    assert net.pool[0] in cam._head_candidates(net, net.conv)
+
+
+def test_no_graph_calls_leave_the_model_unchanged_without_a_snapshot():
+    """Grad-CAM's call with no backward pass and CAM run under no_grad and take no snapshot when
+    the model is in eval mode: their own hooks go, also after an error, and a user's hook stays.
+    A module left in train mode is put in eval mode for the call and back after it."""
+    net = _Net()
+    net.pool, net.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(6, 5)   # GAP, for CAM
+    net.eval()
+    models._INFERRED[net] = models.ModelInfo("net", "shapes", [str(i) for i in range(5)], input_size=8)
+    net.conv.bias.requires_grad_(False)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    fail, modes = [False], []
+
+    def users_hook(module, inputs, output):
+        modes.append([m.training for m in net.modules()])
+        if fail[0]:
+            raise RuntimeError("the user's hook failed")
+    net.fc.register_forward_hook(users_hook)
+    for _ in range(2):                               # the second call: no backward pass
+        cam.grad_cam(net, x, 1, "conv")
+    before = snapshot(net)
+    for fn in (cam.grad_cam, cam.cam):
+        fn(net, x, 1, "conv")
+        assert snapshot(net) == before
+        fail[0] = True
+        with pytest.raises(RuntimeError, match="user's hook"):
+            fn(net, x, 1, "conv")
+        fail[0] = False
+        assert snapshot(net) == before and len(net.fc._forward_hooks) == 1
+    net.pool.train()
+    before, modes[:] = snapshot(net), []
+    for fn in (cam.grad_cam, cam.cam):
+        fn(net, x, 1, "conv")
+        assert snapshot(net) == before and net.pool.training
+    assert modes and not any(any(m) for m in modes)  # eval mode everywhere during the calls
+
+
 def test_grad_cam_accepts_modules_and_several_layers_in_one_pass():
     model, x = model_and_input("resnet50")
     names = ["layer2", "layer3", "layer4"]

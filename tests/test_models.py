@@ -120,6 +120,22 @@ def test_layer_lookup(archs):
             models.layer(m, bad)
 
 
+def test_layer_name_follows_changes_to_the_model():
+    """layer_name keeps the names it found; each use checks that the name still leads to the module."""
+    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU()))
+    old = m[2][1]
+    assert models.layer_name(m, old) == "2.1"
+    m[2][1] = nn.ReLU()                              # replaced: no longer part of the model
+    with pytest.raises(ValueError, match="not part of this model"):
+        models.layer_name(m, old)
+    assert models.layer_name(m, m[2][1]) == "2.1"
+    a, b = m[1], m[2]
+    assert (models.layer_name(m, a), models.layer_name(m, b)) == ("1", "2")
+    m[1], m[2] = b, a                                # moved: the names follow
+    assert (models.layer_name(m, a), models.layer_name(m, b)) == ("2", "1")
+    assert models.layer_name(m, b[0]) == "1.0"
+
+
 def test_check_target():
     m = models.load("shapesnet")
     n = len(models.class_names(m))
