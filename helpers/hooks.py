@@ -5,7 +5,8 @@ Explained in chapter 00, Models and images (capture) and chapter 04, Guided back
 
 Every context manager here leaves the model exactly as it found it when it exits, normally or
 through an exception: the same hooks, the same ``inplace`` flags, the same ``requires_grad`` of
-every parameter and the same train/eval mode.
+every parameter and the same train/eval mode. (:func:`evaluated`, the light one for code under
+``torch.no_grad()``, leaves the removal of the hooks its caller adds to that caller.)
 """
 from __future__ import annotations
 
