@@ -13,6 +13,7 @@ import random
 
 __all__ = [
     "setup",
+    "full_float32",
     "show_source",
     "device",
     "models",
@@ -51,6 +52,24 @@ def device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def full_float32():
+    """Full float32 on a GPU too: TF32 off for cuDNN's convolutions and for matrix products.
+
+    By default cuDNN runs convolutions in TF32 on Ampere and newer GPUs (about 1e-3 relative
+    error), more than the chapters' checks allow where they compare two computations of the same
+    quantity (a walkthrough and its helper, relevance conservation). :func:`setup` calls this; the
+    test suite too. Returns a function that puts the previous settings back.
+    """
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+
+    def restore():
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    return restore
+
+
 def setup(seed: int = 0, quiet: bool = False):
     """First cell of every chapter: seeds, plotting defaults, device; prints the world in use.
 
@@ -76,11 +95,7 @@ def setup(seed: int = 0, quiet: bool = False):
         })
     except ImportError:  # pragma: no cover - matplotlib is a requirement
         pass
-    # Full float32 on a GPU too. By default cuDNN's convolutions use TF32 on Ampere and newer GPUs
-    # (about 1e-3 relative error), more than the chapters' checks allow where they compare two
-    # computations of the same quantity (a walkthrough and its helper, relevance conservation).
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
+    full_float32()
     dev = device()
     if not quiet:
         from . import models

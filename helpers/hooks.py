@@ -23,16 +23,27 @@ _HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_back
                "_forward_hooks_with_kwargs", "_forward_pre_hooks_with_kwargs", "_forward_hooks_always_called")
 
 
+def _modules_once(model: nn.Module):
+    """Every module of the model once (a shared one once), walked by the ``_modules`` dicts:
+    ``model.modules()`` would also build every dotted name, whose cost shows on a small network."""
+    seen, todo = {id(model)}, [model]
+    while todo:
+        m = todo.pop()
+        yield m
+        for child in m.__dict__["_modules"].values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                todo.append(child)
+
+
 def _state(model: nn.Module):
     """A snapshot of what the contexts here may change: per module its mode, ``inplace`` flag and
     the keys of its non-empty hook dicts (hooks added later are removed on restore), and every
     parameter's ``requires_grad``. Kept lean: it runs on every call of every method, and on a
-    small network at batch 1 its cost shows in the timings. So it walks the modules once, by
-    their ``_modules`` dicts (``model.modules()`` would also build every dotted name), and
-    records hook dicts only where there are hooks."""
-    mods, params, seen, todo = [], [], {id(model)}, [model]
-    while todo:
-        m = todo.pop()
+    small network at batch 1 its cost shows in the timings. So it walks the modules once
+    (:func:`_modules_once`) and records hook dicts only where there are hooks."""
+    mods, params, seen = [], [], set()
+    for m in _modules_once(model):
         d = m.__dict__
         kept = None
         for k in _HOOK_DICTS:
@@ -44,10 +55,6 @@ def _state(model: nn.Module):
             if p is not None and id(p) not in seen:     # a shared parameter once
                 seen.add(id(p))
                 params.append((p, p.requires_grad))
-        for child in d["_modules"].values():
-            if child is not None and id(child) not in seen:   # a shared module once
-                seen.add(id(child))
-                todo.append(child)
     return mods, params
 
 
@@ -99,17 +106,8 @@ def frozen(model: nn.Module, eval_mode: bool = True):
 
 
 def _in_eval_mode(model: nn.Module) -> bool:
-    """Whether every module of the model is in eval mode (a walk over the ``_modules`` dicts)."""
-    todo, seen = [model], {id(model)}
-    while todo:
-        d = todo.pop().__dict__
-        if d.get("training"):
-            return False
-        for child in d["_modules"].values():
-            if child is not None and id(child) not in seen:
-                seen.add(id(child))
-                todo.append(child)
-    return True
+    """Whether every module of the model is in eval mode."""
+    return not any(m.__dict__.get("training") for m in _modules_once(model))
 
 
 @contextlib.contextmanager

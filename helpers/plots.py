@@ -168,10 +168,12 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
     if per_cell and [len(r) for r in cmap] != [len(r) for r in cells]:
         raise ValueError("cmap must be one colormap name, or one per image laid out like the images")
     # each row as tall as its most upright picture (height / width), so wide pictures leave no gaps,
-    # plus room for titles of more than one line
+    # plus room for titles: a line for the titles of each row after the first that has them, and
+    # the extra lines of titles of more than one line (else a row's titles touch the row above)
     aspect = [max([_aspect(a) for a in row if a is not None] or [1.0]) for row in cells]
     lines = [max([str(t).count("\n") for t in row if t] or [0]) for row in cell_titles]
-    height = size * sum(aspect) + 0.35 + 0.17 * sum(lines)
+    titled = sum(any(row) for row in cell_titles)
+    height = size * sum(aspect) + 0.35 + 0.17 * (sum(lines) + max(0, titled - 1))
     fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols + (0.6 if row_titles else 0), height), squeeze=False)
     for r in range(nrows):
         for c in range(ncols):

@@ -36,9 +36,8 @@ def pytest_addoption(parser):
 def full_float32():
     """The tests compare computations in float32, as the chapters do after ``helpers.setup()``: on a
     GPU, cuDNN's default TF32 convolutions (about 1e-3 relative error) would fail them."""
-    import torch
+    import helpers
 
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    restore = helpers.full_float32()
     yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    restore()

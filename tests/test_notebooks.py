@@ -100,7 +100,8 @@ def test_setup_cell_local_path(monkeypatch, capsys):
 
 
 def test_setup_keeps_full_float32_on_a_gpu():
-    """cuDNN's TF32 (on by default) would break the chapters' tight comparisons on a GPU."""
+    """cuDNN's TF32 (on by default) would break the chapters' tight comparisons on a GPU: setup()
+    turns it off, through full_float32 (which the test suite's conftest uses too)."""
     import random
 
     import matplotlib
@@ -116,6 +117,11 @@ def test_setup_keeps_full_float32_on_a_gpu():
         with matplotlib.rc_context(), torch.random.fork_rng():   # setup's other settings, undone
             helpers.setup(quiet=True)
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = True                   # full_float32 puts back what it found
+        restore = helpers.full_float32()
+        assert not torch.backends.cudnn.allow_tf32
+        restore()
+        assert torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
         random.setstate(states[0])

@@ -118,3 +118,17 @@ def test_grid_rows_are_as_tall_as_their_pictures():
     fig = plots.grid([[square, wide]], size=2.0)                    # the most upright picture sets the row
     assert abs(fig.get_size_inches()[1] - (2.0 + 0.35)) < 1e-6
     plt.close(fig)
+
+
+def test_titles_of_a_lower_row_stay_clear_of_the_row_above():
+    """Every row of two-line titles gets its own room: no title overlaps the pictures above it."""
+    pictures = [[np.zeros((128, 128, 3))] * 6] * 2
+    titles = [[f"{k}% deleted\np = 0.98" for k in range(6)], [f"{k}% inserted\np = 0.07" for k in range(6)]]
+    fig = plots.grid(pictures, titles, row_titles=["deletion", "insertion"], size=1.7)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.images]
+    for above, below in zip(axes[:6], axes[6:]):
+        title_top = below.title.get_window_extent(renderer).y1
+        assert title_top < above.get_window_extent(renderer).y0, "a title runs into the picture above it"
+    plt.close(fig)

@@ -71,7 +71,11 @@ def run(path: Path, offline: bool, threads: int, timeout: int, plain: bool = Fal
     os.environ["MKL_NUM_THREADS"] = str(threads)
     if plain:
         start = time.perf_counter()
-        failed, device = run_plain(path)
+        try:
+            failed, device = run_plain(path)
+        finally:
+            os.environ.clear()
+            os.environ.update(env_backup)
         return time.perf_counter() - start, _summary(failed, ""), device
     import nbformat
     from nbclient import NotebookClient
