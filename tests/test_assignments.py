@@ -1,5 +1,6 @@
 """Student versions: solutions stripped, checks kept; each student version fails its check as given,
 and putting the solution back gives the chapter, whose checks nbval runs and passes."""
+import functools
 import json
 from pathlib import Path
 
@@ -62,26 +63,6 @@ def test_cli(tmp_path, capsys):
     assert "1 student notebooks" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name[:2])
-def test_student_version_fails_its_check(chapter, tmp_path):
-    """Run the student notebook up to the first check after an assignment: it must fail there, not before."""
-    nb = nbformat.reads(json.dumps(assignments.student_notebook(json.loads(chapter.read_text()))), as_version=4)
-    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    first = next(i for i in code if "raise NotImplementedError()" in c_src(nb.cells[i]))
-    check = next(i for i in code if i > first)
-    nb.cells = nb.cells[:check + 1]
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}})
-    with pytest.raises(CellExecutionError) as e:
-        client.execute()
-    # the failure is the missing solution (or the check that catches it), not an earlier cell
-    executed = [c for c in nb.cells if c.cell_type == "code" and c.get("outputs")]
-    errors = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
-              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
-    assert errors and errors[0] in (first, check), f"failed at cell {errors[0]}, before the assignment"
-    assert "NotImplementedError" in str(e.value) or "AssertionError" in str(e.value)
-    assert executed
-
-
 def c_src(cell):
     return cell.source if isinstance(cell.source, str) else "".join(cell.source)
 
@@ -131,29 +112,104 @@ MISTAKES = {
 }
 
 
+def _mistake_cell(case):
+    """(chapter, position of the solution cell among the code cells, its source with the mistake)."""
+    number, old, new, _what = MISTAKES[case]
+    (chapter,) = [p for p in CHAPTERS if p.name.startswith(number)]
+    nb = nbformat.read(chapter, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    (k,) = [k for k, c in enumerate(code) if any(old in r for r in assignments.solutions(c_src(c)))]
+    src = c_src(code[k])
+    assert src.count(old) == 1, f"{old!r} must occur once in the solution cell"
+    return chapter, k, src.replace(old, new)
+
+
+def _execute(client, cell, index):
+    """Run one cell in the client's kernel: the error it raised (as text), or None."""
+    try:
+        client.execute_cell(cell, index)
+    except CellExecutionError as e:
+        return str(e)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _chapter_run(chapter: Path) -> dict:
+    """The student version and the typical mistakes of one chapter, in ONE kernel: the cells before
+    the first assignment (loading models and images, most of the time) run once, not once per test.
+
+    In order: the chapter's code cells before its first assignment; the student's cell there
+    (``raise NotImplementedError()``) and the check after it; then for each typical mistake, the
+    chapter's own cells up to the mistake's solution cell, that cell with the mistake, its check,
+    and, as a control, the chapter's own solution and the same check again, which must pass in
+    that same kernel: so the check's failure came from the mistake, not from what ran before it.
+    Positions are among the code cells; student and chapter have the same code cells.
+    """
+    nb = nbformat.read(chapter, as_version=4)
+    student = nbformat.reads(json.dumps(assignments.student_notebook(json.loads(chapter.read_text()))),
+                             as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    s_code = [c for c in student.cells if c.cell_type == "code"]
+    assert len(code) == len(s_code)
+    first = next(k for k, c in enumerate(s_code) if assignments.STUB in c_src(c))
+    cases = sorted((_mistake_cell(case)[1], case) for case in MISTAKES if MISTAKES[case][0] == chapter.name[:2])
+    run = {"first": first, "prefix": None, "student": None, "mistakes": {}}
+    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}})
+    with client.setup_kernel():
+        for k in range(first):
+            error = _execute(client, code[k], k)
+            if error:
+                run["prefix"] = (k, error)
+                return run
+        error = _execute(client, s_code[first], first)
+        run["student"] = (first, error) if error else (first + 1, _execute(client, s_code[first + 1], first + 1))
+        done = first                        # the chapter's own cells have run up to here (exclusive)
+        for k, case in cases:
+            for j in range(done, k):
+                error = _execute(client, code[j], j)
+                if error:
+                    run["mistakes"][case] = {"setup": (j, error)}
+                    break
+            else:
+                wrong = nbformat.from_dict(json.loads(json.dumps(code[k])))
+                wrong.source = _mistake_cell(case)[2]
+                error = _execute(client, wrong, k)
+                result = {"mistake": (k, error) if error else (k + 1, _execute(client, code[k + 1], k + 1))}
+                result["control"] = _execute(client, code[k], k) or _execute(client, code[k + 1], k + 1)
+                run["mistakes"][case] = result
+                done = k + 2
+                continue
+            break
+    return run
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.name[:2])
+def test_student_version_fails_its_check(chapter):
+    """Run the student notebook up to the first check after an assignment: it must fail there, not before."""
+    run = _chapter_run(chapter)
+    assert run["prefix"] is None, f"code cell {run['prefix'][0]} failed, before the assignment: {run['prefix'][1][-300:]}"
+    at, error = run["student"]
+    assert error, "the student version's check passed with the solution left out"
+    assert "NotImplementedError" in error or "AssertionError" in error, error[-300:]
+    assert at in (run["first"], run["first"] + 1)
+
+
 def test_every_chapter_has_a_typical_mistake_its_check_catches():
     assert sorted({number for number, *_ in MISTAKES.values()}) == [p.name[:2] for p in CHAPTERS]
 
 
 @pytest.mark.parametrize("case", list(MISTAKES), ids=lambda k: k.replace(" ", "-"))
-def test_check_catches_a_typical_mistake(case, tmp_path):
-    number, old, new, what = MISTAKES[case]
-    (chapter,) = [p for p in CHAPTERS if p.name.startswith(number)]
-    nb = nbformat.read(chapter, as_version=4)
-    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
-    (cell,) = [i for i in code if any(old in r for r in assignments.solutions(c_src(nb.cells[i])))]
-    src = c_src(nb.cells[cell])
-    assert src.count(old) == 1, f"{old!r} must occur once in the solution cell"
-    nb.cells[cell].source = src.replace(old, new)
-    check = next(i for i in code if i > cell)
-    nb.cells = nb.cells[:check + 1]
-    client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}})
-    with pytest.raises(CellExecutionError) as e:
-        client.execute()
-    errors = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
-              and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
-    assert errors and errors[0] in (cell, check), f"failed at cell {errors[0]}, not in the check ({what})"
-    assert "AssertionError" in str(e.value), f"the check did not reject {what}: {str(e.value)[-300:]}"
+def test_check_catches_a_typical_mistake(case):
+    chapter, k, _source = _mistake_cell(case)
+    what = MISTAKES[case][3]
+    run = _chapter_run(chapter)
+    assert run["prefix"] is None, f"code cell {run['prefix'][0]} failed: {run['prefix'][1][-300:]}"
+    result = run["mistakes"][case]
+    assert "setup" not in result, f"the chapter's code cell {result.get('setup', (0,))[0]} failed before the mistake"
+    at, error = result["mistake"]
+    assert error and "AssertionError" in error, f"the check did not reject {what}: {(error or 'it passed')[-300:]}"
+    assert at in (k, k + 1), f"failed at code cell {at}, not in the check ({what})"
+    assert result["control"] is None, f"the chapter's own solution failed the check after the mistake: {result['control'][-300:]}"
 
 
 def test_grade_runs_the_chapters_own_check_on_the_students_cells(tmp_path, capsys):
