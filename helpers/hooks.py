@@ -186,12 +186,14 @@ def capture(model: nn.Module, layer, stop: bool = False, leaf: bool = False):
 
 
 def _capture_hooks(model: nn.Module, module: nn.Module, stop: bool = False, leaf: bool = False,
-                   keep_gradients: bool = True) -> Capture:
+                   keep_gradients: bool = True, once: bool = False) -> Capture:
     """The hooks of :func:`capture`, without its snapshot of the model: for callers that already
     restore the model (inside :func:`frozen`). The caller removes ``cap._handles``.
 
     ``keep_gradients=False`` leaves ``.gradients`` unset: no hook on the activations, which would
-    otherwise run (in Python) at every backward pass through them, for as long as they live."""
+    otherwise run (in Python) at every backward pass through them, for as long as they live.
+    ``once=True``, for a caller that runs the model once while the hooks are on: the count of the
+    layer's calls starts at zero here instead of at each forward pass (no hook on the model)."""
     name = models.layer_name(model, module)
     cap = Capture(name=name, module=module)
 
@@ -219,7 +221,8 @@ def _capture_hooks(model: nn.Module, module: nn.Module, stop: bool = False, leaf
             raise _StopForward(output)
         return output.clone()  # later in-place ops change the clone, not the recorded tensor
 
-    cap._handles.append(model.register_forward_pre_hook(reset))
+    if not once:
+        cap._handles.append(model.register_forward_pre_hook(reset))
     cap._handles.append(module.register_forward_hook(record))
     return cap
 

@@ -189,13 +189,15 @@ class _Net(nn.Module):
         self.conv = nn.Conv2d(3, 6, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
         self.fc = nn.Linear(6 * 4 * 4, 5)
-        self.relu, self.second_path = relu, second_path
+        self.relu, self.second_path, self.scores_relu_ = relu, second_path, False
 
     def forward(self, x):
         a = self.conv(x)
         h = torch.flatten(self.pool(a), 1)
         h = torch.relu(h) if self.relu else h
         y = self.fc(h)
+        if self.scores_relu_:                       # an in-place ReLU on the linear layer's output
+            y = torch.relu_(y)
         return y + a[:, :5, :2, :2].sum((2, 3)) if self.second_path else y
 
 
@@ -221,6 +223,31 @@ def test_grad_cam_shortcut_only_where_it_is_the_gradient(kind, monkeypatch):
                "strided_weights": [True]}[kind]
     assert [ok for ok, _ in cam._FOLD_VERDICTS.get(net, {}).values()] == verdict
     assert [len(s[0]) for s in asked] == ([] if verdict == [True] else [4])   # the second call: z are the scores
+
+
+def test_grad_cam_shortcut_sees_an_in_place_change_of_the_scores(monkeypatch):
+    """An in-place ReLU after the linear layer leaves the model's output the same tensor as z but
+    changes it: the scores are ReLU(z), whose gradient is zero for a class with a negative z. The
+    first call (a class with a positive score) finds the shortcut right, but must not take the
+    scores to be z: for a class with a negative score every map is the definition's, zero."""
+    net = _Net().eval()
+    models._INFERRED[net] = models.ModelInfo("net", "shapes", [str(i) for i in range(5)], input_size=8)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        z = net(x)
+    positive, negative = z.argmax(1).tolist(), z.argmin(1).tolist()
+    assert (z.gather(1, torch.tensor(negative)[:, None]) < 0).all()   # the set-up: ReLU kills these
+    net.scores_relu_ = True
+    asked = _requested(monkeypatch)
+    cam.grad_cam(net, x, positive, "conv")                           # judged: the shortcut is right ...
+    assert [v for v in cam._FOLD_VERDICTS[net].values()] == [(True, False)]   # ... but z are not the scores
+    for target in (positive, negative, negative):
+        ref = cam._gradient_method(cam.grad_cam_map, net, x, target, "conv")
+        asked.clear()
+        assert torch.allclose(cam.grad_cam(net, x, target, "conv"), ref, atol=1e-5)
+        assert [len(s[0]) for s in asked] == [2]                    # the backward pass stops at z
+        assert torch.allclose(cam.Cached(net, x, "conv").grad_cam(target), ref, atol=1e-5)
+    assert ref.abs().max() == 0                                      # negative scores: zero maps
 
 
 def test_grad_cam_follows_a_head_replaced_after_the_shortcut_was_judged(monkeypatch):
