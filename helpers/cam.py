@@ -45,13 +45,6 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- small helpers
-def _device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - every model of the book has parameters
-        return torch.device("cpu")
-
-
 def _input(model: nn.Module, x) -> torch.Tensor:
     """The normalised batch on the model's device and in its dtype, detached (no graph to the caller's tensor)."""
     if not isinstance(x, torch.Tensor):
@@ -121,6 +114,14 @@ def _linear_weights(n: int, size: int, dtype: torch.dtype, device: torch.device)
         return F.interpolate(eye, size=size, mode="linear", align_corners=False)[:, 0].T.contiguous()
 
 
+@functools.lru_cache(maxsize=32)
+def _bilinear_weights(h: int, w: int, H: int, W: int, dtype: torch.dtype, device: torch.device):
+    """``(W_rows [H, h], W_cols^T [w, W])`` for :func:`upsample`, kept as one pair (one lookup
+    per call, and the transposed matrix already laid out for the product)."""
+    with torch.inference_mode(False), torch.no_grad():
+        return _linear_weights(h, H, dtype, device), _linear_weights(w, W, dtype, device).T.contiguous()
+
+
 def upsample(m: torch.Tensor, size) -> torch.Tensor:
     """Bilinear resizing of maps ``[M, h, w]`` to ``size`` = (H, W) (``align_corners=False``).
 
@@ -130,15 +131,14 @@ def upsample(m: torch.Tensor, size) -> torch.Tensor:
     fast for the small maps of the last conv layers (16 x 16 -> 128 x 128: 16 us instead of 36),
     which counts when the explorer re-targets a class. Explained in chapter 10, CAM.
     """
-    H, W = (int(s) for s in size)
+    H, W = int(size[0]), int(size[1])
     h, w = m.shape[-2:]
-    if (h, w) == (H, W):
+    if h == H and w == W:
         return m.clone()
-    rows = _linear_weights(h, H, m.dtype, m.device)                        # [H, h]
-    cols = _linear_weights(w, W, m.dtype, m.device)                        # [W, w]
+    rows, cols_t = _bilinear_weights(h, w, H, W, m.dtype, m.device)       # [H, h], [w, W]
     if m.shape[0] == 1:                        # one map: two plain matrix products, no batching
-        return (rows @ m[0] @ cols.T)[None]
-    return rows @ m @ cols.T
+        return (rows @ m[0] @ cols_t)[None]
+    return rows @ m @ cols_t
 
 
 _TINY = torch.finfo(torch.float32).tiny
@@ -151,13 +151,18 @@ def to_heatmap(m: torch.Tensor, size, signed: bool = False) -> torch.Tensor:
     "no evidence"; ``signed`` maps (CAM) are scaled by min-max. A map that is constant
     (for instance zero everywhere) becomes all zeros. Explained in chapter 10, CAM.
     """
-    up = upsample(m.detach().float(), size)
+    if m.requires_grad:                        # each step only where needed: a step that changes
+        m = m.detach()                         # nothing still costs a call, and this runs on every map
+    if m.dtype != torch.float32:
+        m = m.float()
+    up = upsample(m, size)
     hi = up.amax(dim=(1, 2), keepdim=True)
     if signed:
         lo = up.amin(dim=(1, 2), keepdim=True)
         up, hi = up - lo, hi - lo
     # a constant map (hi == 0 after the shift) becomes zeros: 0 * (1 / tiny) = 0
-    return up.div_(hi.clamp_min(_TINY)).clamp_(0, 1).cpu()
+    up = up.div_(hi.clamp_min(_TINY)).clamp_(0, 1)
+    return up if up.device.type == "cpu" else up.cpu()
 
 
 @contextlib.contextmanager
@@ -372,7 +377,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, layer=None,
     short = bool(head.verdict)                  # an earlier call showed that the backward may stop at z
     no_graph = short and head.at_scores         # ... and that z are the scores: no backward pass at all
     with _captured(model, modules, leaf=not short, graph=not no_graph) as (cap,), \
-            head.hooked(z_leaf=short and not no_graph, keep_z=not no_graph), torch.no_grad() if no_graph else torch.enable_grad():
+            head.hooked(z_leaf=short and not no_graph, keep_z=not no_graph), \
+            torch.no_grad() if no_graph else torch.enable_grad():
         logits = _logits(model(x), model)
         _check_maps(cap, model)
         if short and (head.fold() is None or (no_graph and not head.gave_scores(logits))):
@@ -505,7 +511,7 @@ class _Head:
         return logits is self.returned and self._version is not None and _version(logits) == self._version
 
     def fold(self):
-        """(z, Wsum) when this forward pass ran pooling only from the layer to a linear layer; else None."""
+        """(z, Wsum / Z) when this forward pass ran pooling only from the layer to a linear layer; else None."""
         if self._fold == ():
             self._fold = self._chain()
             if self._fold is None:                   # no chain: the kept candidates may be stale
@@ -517,7 +523,7 @@ class _Head:
             return None
         prev, flat = self.handed, False
         n, k = prev.shape[:2]
-        positions = prev.shape[2] * prev.shape[3]
+        positions = Z = prev.shape[2] * prev.shape[3]
         for m, inp, out in self.calls:               # each takes the previous one's output
             if not isinstance(out, torch.Tensor) or not _same_data(inp, prev):
                 return None
@@ -525,7 +531,7 @@ class _Head:
             if isinstance(m, nn.Linear):
                 if m.in_features != k * positions:
                     return None
-                return self.z, _summed_weights(m, k, positions)
+                return self.z, _summed_weights(m, k, positions, Z)
             if flat and not isinstance(m, _PASS_THROUGH):
                 return None
             if not flat and isinstance(m, _SHIFT_POOLS):
@@ -554,15 +560,19 @@ class _Head:
             verdicts[self.key] = (ok, bool(ok and at_scores))
 
 
-def _summed_weights(linear: nn.Linear, k: int, positions: int) -> torch.Tensor:
-    """``Wsum [out, K]``: the linear layer's weights summed over the positions of each channel."""
+def _summed_weights(linear: nn.Linear, k: int, positions: int, Z: int) -> torch.Tensor:
+    """``Wsum / Z [out, K]``: the linear layer's weights summed over the ``positions`` of each
+    channel after pooling, divided by the layer's own number of positions ``Z``, so that
+    ``alpha = (dy/dz) @ Wsum / Z``. Kept for later calls: not to be changed in place."""
     W = linear.weight.detach()
-    key = (W.data_ptr(), W._version, W.dtype, W.device, k, positions)
-    probe = W.reshape(-1)[::max(1, W.numel() // 1024)]       # catches changes through .data, which
-    kept = _FOLDS.get(linear)                              # leave the version counter alone
+    key = (W.data_ptr(), W._version, W.dtype, W.device, k, positions, Z)
+    # the probe catches changes through .data, which leave the version counter alone: all of a
+    # small weight (a classifier of a few classes), 1024 of its numbers spread over a large one
+    probe = W if W.numel() <= 1024 else W.reshape(-1)[::W.numel() // 1024]
+    kept = _FOLDS.get(linear)
     if kept is None or kept[0] != key or not torch.equal(kept[1], probe):
         with torch.inference_mode(False), torch.no_grad():  # kept for later calls, as _linear_weights
-            kept = (key, probe.clone(), W.reshape(W.shape[0], k, positions).sum(2))
+            kept = (key, probe.clone(), W.reshape(W.shape[0], k, positions).sum(2) / Z)
         _FOLDS[linear] = kept
     return kept[2]
 
@@ -574,20 +584,20 @@ def _grad_cam_weights(head: _Head, logits, A, image, classes, retain_graph=False
     fold = head.fold()
     verdict = head.verdict if fold is not None else False
     if verdict:
-        z, wsum = fold
+        z, wsum = fold                               # wsum: Wsum / Z
         if head.gave_scores(logits):                 # z are the scores: dy^c/dz is one-hot
             if not head.at_scores:
                 head.judge(True, at_scores=True)
-            rows = wsum[classes[0]:classes[0] + 1] if len(classes) == 1 else wsum[classes]  # a view, or a gather
-            return rows / (A.shape[2] * A.shape[3])
+            # rows of the kept weights: a view, or a gather; not changed by the callers
+            return wsum[classes[0]:classes[0] + 1] if len(classes) == 1 else wsum[classes]
         (gz,) = _class_gradients(logits, [z], image, classes, retain_graph, eye)
-        return (gz @ wsum) / (A.shape[2] * A.shape[3])
+        return gz @ wsum
     (g,) = _class_gradients(logits, [A], image, classes, retain_graph or verdict is None, eye)
     alpha = g.mean(dim=(2, 3))
     if verdict is None:                              # a first call: is the shortcut the gradient?
         z, wsum = fold
         (gz,) = _class_gradients(logits, [z], image, classes, retain_graph, eye)
-        short = (gz @ wsum) / (A.shape[2] * A.shape[3])
+        short = gz @ wsum
         scale = float(alpha.abs().max())
         if scale > 0:                                # an all-zero gradient proves nothing
             head.judge(bool((short - alpha).abs().max() <= 1e-4 * scale), at_scores=head.gave_scores(logits))

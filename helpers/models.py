@@ -188,11 +188,25 @@ def info(model: nn.Module) -> ModelInfo:
     return found
 
 
+def _first_parameter(model: nn.Module):
+    """``next(model.parameters(), None)``, found without building the dotted names on the way
+    (a cost that shows on every call of a method on a small network at batch 1)."""
+    for p in model.__dict__["_parameters"].values():
+        if p is not None:
+            return p
+    for child in model.__dict__["_modules"].values():
+        if child is not None:
+            p = _first_parameter(child)
+            if p is not None:
+                return p
+    return None
+
+
 def as_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x`` detached, on the model's device and in its parameters' dtype (a float64 batch, numpy's
     default, runs as the model's float32); a model without parameters takes CPU float32.
     Explained in chapter 00, Models and images."""
-    p = next(model.parameters(), None)
+    p = _first_parameter(model)
     if p is None:
         return x.detach().to(device="cpu", dtype=torch.float32)
     return x.detach().to(device=p.device, dtype=p.dtype)
@@ -248,12 +262,25 @@ def layer(model: nn.Module, name) -> nn.Module:
     if not isinstance(name, str):
         raise TypeError(f"a layer is a module or a dotted name, got {type(name).__name__}")
     if name:
-        try:
-            return model.get_submodule(name)   # follows the dots: no walk over the whole model
-        except AttributeError:
-            pass
+        found = _submodule(model, name)        # follows the dots: no walk over the whole model
+        if found is not None:
+            return found
     raise ValueError(f"unknown layer {name!r} for {info(model).name}; valid names: "
                      f"{', '.join(_module_names(model))}")
+
+
+def _submodule(model: nn.Module, name: str):
+    """``model.get_submodule(name)`` (None where there is no such module), through the
+    ``_modules`` dicts: a fraction of its cost, which counts on every call of a method."""
+    m = model
+    for part in name.split("."):
+        m = m.__dict__["_modules"].get(part)
+        if m is None:
+            try:                                  # not a registered child: get_submodule decides
+                return model.get_submodule(name)
+            except AttributeError:
+                return None
+    return m
 
 
 def layer_name(model: nn.Module, module) -> str:
@@ -264,11 +291,8 @@ def layer_name(model: nn.Module, module) -> str:
     names = _NAMES.setdefault(model, {})
     name = names.get(id(module))
     if name is not None:                  # found before: still this module's name? (the model may
-        try:                              # have changed since; following the dots is cheap)
-            if model.get_submodule(name) is module:
-                return name
-        except AttributeError:
-            pass
+        if _submodule(model, name) is module:   # have changed since; following the dots is cheap)
+            return name
     for n, m in model.named_modules():    # a walk that builds every name: done once per module
         if m is module:
             names[id(module)] = n

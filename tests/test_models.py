@@ -120,6 +120,21 @@ def test_layer_lookup(archs):
             models.layer(m, bad)
 
 
+def test_first_parameter_is_the_first_of_parameters(archs):
+    """The walk that finds the parameter giving the model's device and dtype is the same as
+    ``next(model.parameters())``: own parameters before the children's, children in order, a
+    child without parameters skipped, and None for a model without any."""
+    class Own(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.ReLU(), nn.Sequential(), nn.Linear(2, 2))
+            self.scale = nn.Parameter(torch.ones(1))       # registered after the child: still first
+    cases = list(archs.values()) + [models.load("shapesnet"), Own(), nn.Sequential(nn.ReLU(), nn.Linear(2, 2))]
+    for m in cases:
+        assert models._first_parameter(m) is next(m.parameters())
+    assert models._first_parameter(nn.Sequential(nn.ReLU(), nn.Identity())) is None
+
+
 def test_layer_name_follows_changes_to_the_model():
     """layer_name keeps the names it found; each use checks that the name still leads to the module."""
     m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Sequential(nn.Conv2d(4, 4, 3), nn.ReLU()))
