@@ -487,12 +487,17 @@ class _Head:
 
     def _layer(self, _m, _inputs, output):
         self.handed, self.calls, self.z = output, [], None   # what the layer hands on (after the capture's hook)
+        self._handed_version = _version(output) if isinstance(output, torch.Tensor) else None
         self._fold = ()
 
     def _call(self, m, inputs, output):
         if self.handed is None or self.z is not None:
             return None
-        self.calls.append((m, inputs[0] if inputs else None, output))
+        inp = inputs[0] if inputs else None
+        # with the versions of the input as this module took it and of the output as it came out:
+        # an in-place operation between two modules (a ReLU(inplace=True) after the layer) shows
+        self.calls.append((m, inp, _version(inp) if isinstance(inp, torch.Tensor) else None, output,
+                           _version(output) if isinstance(output, torch.Tensor) else None))
         if isinstance(m, nn.Linear):
             if not self.keep_z:
                 self.z = self.returned = output
@@ -521,11 +526,12 @@ class _Head:
     def _chain(self):
         if self.z is None or not isinstance(self.handed, torch.Tensor) or self.handed.ndim != 4:
             return None
-        prev, flat = self.handed, False
+        prev, prev_version, flat = self.handed, self._handed_version, False
         n, k = prev.shape[:2]
         positions = Z = prev.shape[2] * prev.shape[3]
-        for m, inp, out in self.calls:               # each takes the previous one's output
-            if not isinstance(out, torch.Tensor) or not _same_data(inp, prev):
+        for m, inp, inp_version, out, out_version in self.calls:   # each takes the previous one's
+            if not isinstance(out, torch.Tensor) or not _same_data(inp, prev) \
+                    or inp_version is None or inp_version != prev_version:     # output, unchanged
                 return None
             flat = flat or inp.ndim == 2
             if isinstance(m, nn.Linear):
@@ -538,7 +544,7 @@ class _Head:
                 if out.ndim != 4 or out.shape[:2] != (n, k):
                     return None
                 positions = out.shape[2] * out.shape[3]
-            prev = out
+            prev, prev_version = out, out_version
         return None  # pragma: no cover - the calls end with the linear layer
 
     @property

@@ -189,10 +189,12 @@ class _Net(nn.Module):
         self.conv = nn.Conv2d(3, 6, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
         self.fc = nn.Linear(6 * 4 * 4, 5)
-        self.relu, self.second_path, self.scores_relu_ = relu, second_path, False
+        self.relu, self.second_path, self.scores_relu_, self.maps_relu_ = relu, second_path, False, False
 
     def forward(self, x):
         a = self.conv(x)
+        if self.maps_relu_:                         # an in-place ReLU on the layer's output
+            a = torch.relu_(a)
         h = torch.flatten(self.pool(a), 1)
         h = torch.relu(h) if self.relu else h
         y = self.fc(h)
@@ -248,6 +250,29 @@ def test_grad_cam_shortcut_sees_an_in_place_change_of_the_scores(monkeypatch):
         assert [len(s[0]) for s in asked] == [2]                    # the backward pass stops at z
         assert torch.allclose(cam.Cached(net, x, "conv").grad_cam(target), ref, atol=1e-5)
     assert ref.abs().max() == 0                                      # negative scores: zero maps
+
+
+def test_grad_cam_shortcut_sees_an_in_place_change_between_the_layer_and_the_head(monkeypatch):
+    """An in-place ReLU on the conv layer's output passes the same tensor on to the pooling, but
+    changed: the shift no longer commutes. On an input where every output of the conv is positive
+    the ReLU changes nothing, and the full gradient agrees with the shortcut; the forward pass
+    must show the change anyway, so that an input with negative outputs gets the definition's map."""
+    net = _Net().eval()
+    net.maps_relu_ = True
+    with torch.no_grad():
+        net.conv.bias.copy_(torch.linspace(0.5, 1.5, 6))       # zero input: every output positive
+    models._INFERRED[net] = models.ModelInfo("net", "shapes", [str(i) for i in range(5)], input_size=8)
+    positive = torch.zeros(1, 3, 8, 8)
+    mixed = 30 * torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    asked = _requested(monkeypatch)
+    for x in (positive, mixed, mixed):
+        ref = cam._gradient_method(cam.grad_cam_map, net, x, 1, "conv")
+        asked.clear()
+        assert torch.allclose(cam.grad_cam(net, x, 1, "conv"), ref, atol=1e-5)
+        assert [len(s[0]) for s in asked] == [4]                  # the full gradient, every time
+    with torch.no_grad():
+        assert (net.conv(mixed) < 0).any()                        # the set-up: the ReLU acts here
+    assert cam._FOLD_VERDICTS.get(net, {}) == {}
 
 
 def test_grad_cam_follows_a_head_replaced_after_the_shortcut_was_judged(monkeypatch):
