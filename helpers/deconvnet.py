@@ -220,7 +220,7 @@ def keep_one(act: torch.Tensor, channel: int, positions) -> torch.Tensor:
 
 def _reconstruct(model, x, layer, channel, position):
     feats, stop = _index(model, layer)
-    dev = next(model.parameters()).device
+    dev = models.device(model)
     act, records = forward_with_switches(model, x.to(dev), layer)
     channel = _check_channel(act, channel, models.layer_name(model, feats[stop]))
     positions = _positions(act[:, channel], position)
@@ -346,7 +346,7 @@ def top_activations(model: nn.Module, images, layer, channel: int, k: int = 9, b
         raise ValueError(f"k must be >= 1, got {k}")
     feats, stop = _index(model, layer)
     name = models.layer_name(model, feats[stop])
-    dev = next(model.parameters()).device
+    dev = models.device(model)
     with hooks.frozen(model), torch.no_grad():
         maps = []
         for s in tqdm(range(0, len(x), batch_size), desc=f"{name}: pool", disable=not progress, leave=False):
@@ -412,7 +412,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target, size: int | None = None
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     windows = [(t, l) for t in _starts(h, size, stride) for l in _starts(w, size, stride)]
     jobs = [(i, t, l) for i in range(n) for (t, l) in windows]
-    dev = next(model.parameters()).device
+    dev = models.device(model)
     probs = torch.empty(len(jobs))
     with hooks.frozen(model), torch.no_grad():
         xd = x.to(dev)

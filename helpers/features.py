@@ -37,13 +37,6 @@ PARAMS = ("pixel", "regularized", "fourier")
 
 
 # ------------------------------------------------------------------------------ small tools
-def _device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - every model of the book has parameters
-        return torch.device("cpu")
-
-
 def _stats(model: nn.Module, device):
     """Mean and std of the model's input normalisation as ``[1, 3, 1, 1]`` tensors."""
     info = models.info(model)
@@ -371,7 +364,7 @@ class FilterOptimizer:
         self.channels = [_check_channel(self.layer, c, n) if n is not None else int(c) for c in chans]
         self._checked = n is not None
         self.size = _size_pair(size, model)
-        self.device = _device(model)
+        self.device = models.device(model)
         self.lr = lr if lr is not None else {"pixel": 0.05, "regularized": 0.13, "fourier": 0.05}[param]
         # default jitter: 1/32 of the image for the pixel priors, 1/16 for the Fourier transforms
         self.jitter = jitter if jitter is not None else max(1, round(max(self.size) / (32 if param == "regularized" else 16)))
@@ -614,7 +607,7 @@ def deep_dream(model: nn.Module, x: torch.Tensor, layer, channel: int | None = N
         channel = _check_channel(name, channel, n)
     if octaves < 1 or steps < 0:
         raise ValueError(f"octaves must be >= 1 and steps >= 0, got octaves={octaves}, steps={steps}")
-    device = _device(model)
+    device = models.device(model)
     rng = random.Random(seed)
     base = x.detach().to(device, torch.float32)
     lo, hi = _pixel_range(model, device)
@@ -719,7 +712,7 @@ def invert(model: nn.Module, x: torch.Tensor, layer, steps: int = 200, lr: float
     from tqdm.auto import tqdm
 
     x = _check_x(x, "invert")
-    device = _device(model)
+    device = models.device(model)
     module = models.layer(model, layer)
     name = models.layer_name(model, module)
     x0 = x.detach().to(device, torch.float32)

@@ -369,13 +369,6 @@ def _model_info(model):
     return models.info(model)
 
 
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
 def _triple(v, what: str) -> tuple[float, float, float]:
     t = tuple(float(x) for x in (v.tolist() if hasattr(v, "tolist") else v))
     if len(t) != 3:
@@ -464,7 +457,8 @@ def to_tensor(image, model=None, size=None, mean=None, std=None, device=None) ->
     if min(abs(s) for s in std) == 0:
         raise ValueError(f"std must not contain 0, got {std}")
     if device is None:
-        device = _model_device(model) if model is not None else torch.device("cpu")
+        from . import models  # lazy: helpers.models imports this module
+        device = models.device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
 
     batch = isinstance(image, (list, tuple))
     images = list(image) if batch else [image]

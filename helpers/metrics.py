@@ -66,13 +66,6 @@ def _np(t) -> np.ndarray:
     return t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-def _device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 def _logits(out) -> torch.Tensor:
     if isinstance(out, torch.Tensor):
         return out
@@ -308,7 +301,7 @@ def _causal_curve(model, x, target, heatmap, steps, batch_size, mode, substrate,
     h = as_heatmap(heatmap)
     if h.shape[0] != x.shape[0] or h.shape[1:] != x.shape[2:]:
         raise ValueError(f"{fn}: heatmap {tuple(h.shape)} must be [N, H, W] matching x {tuple(x.shape)}")
-    dev = _device(model)
+    dev = models.device(model)
     x = models.as_input(model, x)
     if isinstance(substrate, torch.Tensor):
         base = substrate.detach().to(device=dev, dtype=x.dtype).expand_as(x)
@@ -627,7 +620,7 @@ def methods(ig_steps: int = 16, smoothgrad_samples: int = 16, smoothgrad_noise: 
         p = deconvnet.occlusion(model, x, target, size=occlusion_size, stride=occlusion_stride, progress=False)
         t = torch.tensor(models.check_target(model, target, x.shape[0]))
         with hooks.frozen(model), torch.no_grad():
-            clean = torch.softmax(_logits(model(x.to(_device(model)))).float(), 1).cpu()
+            clean = torch.softmax(_logits(model(x.to(models.device(model)))).float(), 1).cpu()
         return (clean[torch.arange(len(t)), t][:, None, None] - p).clamp(min=0)
 
     table = {
@@ -879,7 +872,7 @@ def leaderboard(model: nn.Module, x: torch.Tensor, target, masks=None, attributi
         masks = _np(masks).astype(bool)
         if masks.shape != (n, *x.shape[2:]):
             raise ValueError(f"masks must be [N, H, W] = {(n, *x.shape[2:])}, got {masks.shape}")
-    dev = _device(model)
+    dev = models.device(model)
     xd = models.as_input(model, x)
     with hooks.frozen(model), torch.no_grad():
         _logits(model(xd[:1]))  # warm-up

@@ -202,6 +202,12 @@ def _first_parameter(model: nn.Module):
     return None
 
 
+def device(model: nn.Module) -> torch.device:
+    """The device of the model's parameters (of its first one); the CPU for a model without any."""
+    p = _first_parameter(model)
+    return torch.device("cpu") if p is None else p.device
+
+
 def as_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x`` detached, on the model's device and in its parameters' dtype (a float64 batch, numpy's
     default, runs as the model's float32); a model without parameters takes CPU float32.

@@ -360,7 +360,7 @@ def init_encoder(net: DeconvNet, classifier: nn.Module, x: torch.Tensor) -> None
                 raise ValueError(f"weights {tuple(src.weight.shape)} do not fit {tuple(dst.weight.shape)}")
     was_training = net.training
     net.eval()
-    h = x.to(_model_device(net))
+    h = x.to(models.device(net))
     try:
         for index, (theirs, mine, block) in enumerate(zip(blocks, ours, net.encoder)):
             convs = iter(theirs)
@@ -388,10 +388,6 @@ def _set_norm(bn: nn.BatchNorm2d, z: torch.Tensor, src: nn.Conv2d) -> None:
     bn.bias.zero_()
     bn.weight[:o] = torch.sqrt(var[:o] + bn.eps)
     bn.bias[:o] = mean[:o] + bias
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def segment(model: nn.Module, x: torch.Tensor, batch_size: int = 32) -> torch.Tensor:

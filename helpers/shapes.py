@@ -423,7 +423,8 @@ def evaluate(model: nn.Module, seeds, n_objects: int = 1, batch_size: int = 200)
     seeds = list(seeds)
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
-    device = next(model.parameters()).device
+    from . import models  # lazy: helpers.models imports this module
+    device = models.device(model)
     was_training = model.training
     model.eval()
     correct = 0

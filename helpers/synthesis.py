@@ -34,16 +34,9 @@ REGULARIZATIONS = (None, "l1", "l2")
 
 
 # ------------------------------------------------------------------------------------ plumbing
-def _device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # pragma: no cover - every model of the book has parameters
-        return torch.device("cpu")
-
-
 def _stats(model: nn.Module, device=None):
     info = models.info(model)
-    device = device if device is not None else _device(model)
+    device = device if device is not None else models.device(model)
     mean = torch.tensor(info.mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     std = torch.tensor(info.std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
     return mean, std
@@ -218,7 +211,7 @@ def class_image(model: nn.Module, target, steps: int = 100, regularization: str 
         raise ValueError(f"unknown start {start!r}; accepted: 'zeros' (the mean image) or 'random'")
     size = _size(model, size)
     n = len(targets)
-    device = _device(model)
+    device = models.device(model)
     gen = torch.Generator().manual_seed(int(seed))
     lo, hi = pixel_range(model, device)
     if start == "zeros":
@@ -299,7 +292,7 @@ def fooling_image(model: nn.Module, target, confidence: float = 0.99, max_steps:
     step_size = _budget(step_size, "step_size")
     size = _size(model, size)
     n = len(targets)
-    device = _device(model)
+    device = models.device(model)
     gen = torch.Generator().manual_seed(int(seed))
     p = torch.rand(n, 3, size, size, generator=gen).to(device)
     t = torch.tensor(targets, device=device)
@@ -382,7 +375,7 @@ def evolve(model: nn.Module, targets=None, generations: int = 200, offspring: in
         raise ValueError(f"mutation_rate is a probability in (0, 1], got {mutation_rate}")
     eta = _nonneg(eta, "eta")
     size = _size(model, size)
-    device = _device(model)
+    device = models.device(model)
     gen = torch.Generator().manual_seed(int(seed))
     k = len(targets)
     t = torch.tensor(targets)
@@ -422,7 +415,7 @@ def _attack_setup(model, x, target, epsilon, what="epsilon"):
     x = _check_x(model, x)
     targets = models.check_target(model, target, x.shape[0])
     epsilon = _budget(epsilon, what)
-    device = _device(model)
+    device = models.device(model)
     p0 = to_pixels(model, x.detach().float().to(device)).clamp(0, 1)
     return x, targets, epsilon, device, p0
 

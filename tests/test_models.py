@@ -133,6 +133,9 @@ def test_first_parameter_is_the_first_of_parameters(archs):
     for m in cases:
         assert models._first_parameter(m) is next(m.parameters())
     assert models._first_parameter(nn.Sequential(nn.ReLU(), nn.Identity())) is None
+    # models.device, which every helper uses: the parameters' device (meta stands in for a GPU)
+    assert models.device(nn.Sequential(nn.ReLU(), nn.Linear(2, 2, device="meta"))).type == "meta"
+    assert models.device(nn.Identity()) == torch.device("cpu")
 
 
 def test_layer_name_follows_changes_to_the_model():
