@@ -292,15 +292,10 @@ def cam_map(A: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     ``A`` is ``[M, K, h, w]``, ``w`` the classifier rows of the target classes ``[M, K]``.
     Explained in chapter 10, CAM.
     """
-    return _weighted_sum(A, w)
-
-
-def _weighted_sum(A: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``sum_k w[m, k] A[m, k]``: ``[M, h, w]`` from ``A [M, K, h, w]`` and ``w [M, K]``, as one
-    matrix product per map (``[1, K] @ [K, h*w]``): on a small network at batch 1 this is about
-    twice as fast as broadcasting ``w`` over ``A`` and summing, which counts in Grad-CAM's cost."""
+    # for each map m, the row w[m] [1, K] times A[m] as a matrix [K, h*w]: one matrix product,
+    # about twice as fast as broadcasting w over A and summing (which counts in Grad-CAM's cost)
     M, K, h, wd = A.shape
-    if M == 1:
+    if M == 1:                                 # one map: a plain matrix product, no batch of them
         return (w.reshape(1, K) @ A.reshape(K, h * wd)).view(1, h, wd)
     return (w.reshape(M, 1, K) @ A.reshape(M, K, h * wd)).view(M, h, wd)
 
@@ -330,16 +325,14 @@ def grad_cam_map(A: torch.Tensor, g: torch.Tensor, counterfactual: bool = False)
     """Grad-CAM at the layer's resolution from activations ``A`` and gradients ``g`` (``[M, K, h, w]``).
 
     ``alpha_k^c = 1/Z sum_ij dy^c/dA^k_ij`` (the spatial mean of the gradient) and
-    ``L^c = ReLU(sum_k alpha_k^c A^k)``. The counterfactual map uses ``-g``: what argues
-    against the class. Explained in chapter 11, Grad-CAM.
+    ``L^c = ReLU(sum_k alpha_k^c A^k)``: CAM's weighted sum (:func:`cam_map`) with the weights
+    ``alpha``, then a ReLU. The counterfactual map uses ``-g``: what argues against the class.
+    Explained in chapter 11, Grad-CAM.
     """
+    if counterfactual:
+        g = -g
     alpha = g.mean(dim=(2, 3))                                 # alpha_k^c  [M, K]
-    return _grad_cam_from_weights(A, alpha, counterfactual)
-
-
-def _grad_cam_from_weights(A: torch.Tensor, alpha: torch.Tensor, counterfactual: bool = False) -> torch.Tensor:
-    """``ReLU(sum_k alpha_k^c A^k)`` from the weights ``alpha [M, K]`` (``-alpha``: counterfactual)."""
-    return F.relu_(_weighted_sum(A, -alpha if counterfactual else alpha))
+    return F.relu(cam_map(A, alpha))                           # ReLU(sum_k alpha_k^c A^k)
 
 
 def _gradient_method(formula, model, x, target, layer, **kwargs):
@@ -388,7 +381,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, layer=None,
             alpha = _grad_cam_weights(head, logits, cap.activations, image, classes)
     if alpha is None:
         return grad_cam(model, x, target, layer, counterfactual)   # again, with the full gradient
-    m = _grad_cam_from_weights(_per_map(cap.activations.detach(), image), alpha, counterfactual)
+    # alpha as a gradient [M, K, 1, 1]: its spatial mean is alpha itself
+    m = grad_cam_map(_per_map(cap.activations.detach(), image), alpha[:, :, None, None], counterfactual)
     return to_heatmap(m, x.shape[-2:])
 
 
@@ -865,7 +859,7 @@ class Cached:
         image, classes = _plan(self.model, self.x, target)
         alpha = _grad_cam_weights(self._head, self.logits, self.activations, image, classes,
                                   retain_graph=True, eye=self._eye)
-        m = _grad_cam_from_weights(_per_map(self._A, image), alpha, counterfactual)  # as in grad_cam
+        m = grad_cam_map(_per_map(self._A, image), alpha[:, :, None, None], counterfactual)  # as in grad_cam
         return to_heatmap(m, self.size)
 
     def grad_cam_pp(self, target) -> torch.Tensor:
