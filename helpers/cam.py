@@ -381,8 +381,8 @@ def grad_cam(model: nn.Module, x: torch.Tensor, target, layer=None,
             alpha = _grad_cam_weights(head, logits, cap.activations, image, classes)
     if alpha is None:
         return grad_cam(model, x, target, layer, counterfactual)   # again, with the full gradient
-    # alpha as a gradient [M, K, 1, 1]: its spatial mean is alpha itself
-    m = grad_cam_map(_per_map(cap.activations.detach(), image), alpha[:, :, None, None], counterfactual)
+    # grad_cam_map with alpha known: ReLU(sum_k alpha_k^c A^k)
+    m = F.relu_(cam_map(_per_map(cap.activations.detach(), image), -alpha if counterfactual else alpha))
     return to_heatmap(m, x.shape[-2:])
 
 
@@ -859,7 +859,7 @@ class Cached:
         image, classes = _plan(self.model, self.x, target)
         alpha = _grad_cam_weights(self._head, self.logits, self.activations, image, classes,
                                   retain_graph=True, eye=self._eye)
-        m = grad_cam_map(_per_map(self._A, image), alpha[:, :, None, None], counterfactual)  # as in grad_cam
+        m = F.relu_(cam_map(_per_map(self._A, image), -alpha if counterfactual else alpha))  # as in grad_cam
         return to_heatmap(m, self.size)
 
     def grad_cam_pp(self, target) -> torch.Tensor:
