@@ -465,7 +465,7 @@ class _Head:
         self.candidates = _head_candidates(model, module)
         self.key = (id(module),) + tuple(id(m) for m in self.candidates)
         self.calls, self.handed, self.z, self.returned, self._fold = [], None, None, None, None
-        self._version = None
+        self._handed_version = self._returned_version = None
 
     @contextlib.contextmanager
     def hooked(self, z_leaf: bool = False, keep_z: bool = True):
@@ -495,19 +495,20 @@ class _Head:
         if isinstance(m, nn.Linear):
             if not self.keep_z:
                 self.z = self.returned = output
-                self._version = _version(output)
+                self._returned_version = _version(output)
                 return None
             # z, kept: a later in-place ReLU changes the copy
             self.z = output.detach().requires_grad_(True) if self.z_leaf else output
             self.returned = self.z.clone()
-            self._version = _version(self.returned)
+            self._returned_version = _version(self.returned)
             return self.returned
         return None
 
     def gave_scores(self, logits) -> bool:
         """Whether ``logits``, the model's output, are the linear layer's output ``z`` as it came out
         of the layer: the same tensor, and no in-place operation since (a ReLU after the scores)."""
-        return logits is self.returned and self._version is not None and _version(logits) == self._version
+        return (logits is self.returned and self._returned_version is not None
+                and _version(logits) == self._returned_version)
 
     def fold(self):
         """(z, Wsum / Z) when this forward pass ran pooling only from the layer to a linear layer; else None."""
