@@ -1,7 +1,7 @@
 """What every method of the book costs, as ratios measured in one run.
 
     python tests/benchmarks/benchmark.py                 # all models, batch 1 and 8, CPU (and GPU if any)
-    python tests/benchmarks/benchmark.py --quick         # ShapesNet only (a minute)
+    python tests/benchmarks/benchmark.py --quick         # ShapesNet only (a minute; leaves RESULTS.md alone)
     python tests/benchmarks/benchmark.py --readme        # also rewrite the tables in README.md
     python tests/benchmarks/benchmark.py --devices cuda --readme   # the GPU's table alone
 
@@ -379,7 +379,9 @@ def main(argv=None) -> str:
                    help="also Score-CAM on VGG16/ResNet50 (512/2048 masked forward passes: slow)")
     p.add_argument("--readme", action="store_true",
                    help="rewrite the tables in README.md (the CPU's and the GPU's: each one measured)")
-    p.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS.md"))
+    p.add_argument("--out", type=Path, default=None,
+                   help="file for the tables (default: RESULTS.md beside this script, written only by a "
+                        "run of every model; --quick and --models write none unless given --out)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = args.models or (["shapesnet"] if args.quick else ["shapesnet", "vgg16", "resnet50"])
@@ -400,7 +402,9 @@ def main(argv=None) -> str:
         texts[kind] = header(kind) + "\n\n" + table(results) + "\n" + (f"\n{extra}\n" if extra else "")
     text = "\n".join(texts.values())
     print(text)
-    args.out.write_text("# Benchmark results\n\n" + text)
+    out = args.out or (None if args.quick or args.models else Path(__file__).with_name("RESULTS.md"))
+    if out is not None:
+        out.write_text("# Benchmark results\n\n" + text)
     if args.readme:
         readme = ROOT / "README.md"
         s = readme.read_text()
