@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from . import models
+
 __all__ = [
     "DATA",
     "IMAGES",
@@ -363,12 +365,6 @@ def center_crop(image: np.ndarray, size) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def _model_info(model):
-    from . import models  # lazy: helpers.models imports this module
-
-    return models.info(model)
-
-
 def _triple(v, what: str) -> tuple[float, float, float]:
     t = tuple(float(x) for x in (v.tolist() if hasattr(v, "tolist") else v))
     if len(t) != 3:
@@ -446,7 +442,7 @@ def to_tensor(image, model=None, size=None, mean=None, std=None, device=None) ->
     Explicit `mean`, `std`, `device` win over the model's; without either, the ImageNet
     statistics :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD` are used.
     """
-    info = _model_info(model) if model is not None else None
+    info = models.info(model) if model is not None else None
     if size is None and info is not None:
         size = int(info.input_size)
     if mean is None:
@@ -457,7 +453,6 @@ def to_tensor(image, model=None, size=None, mean=None, std=None, device=None) ->
     if min(abs(s) for s in std) == 0:
         raise ValueError(f"std must not contain 0, got {std}")
     if device is None:
-        from . import models  # lazy: helpers.models imports this module
         device = models.device(model) if isinstance(model, torch.nn.Module) else torch.device("cpu")
 
     batch = isinstance(image, (list, tuple))
@@ -495,7 +490,7 @@ def to_image(x, mean=None, std=None, model=None) -> np.ndarray:
     ``helpers.models.info(model)``, else the ImageNet statistics.
     """
     if (mean is None or std is None) and model is not None:
-        info = _model_info(model)
+        info = models.info(model)
         mean = info.mean if mean is None else mean
         std = info.std if std is None else std
     mean = _triple(IMAGENET_MEAN if mean is None else mean, "mean")
@@ -625,7 +620,6 @@ def _shapes_examples() -> tuple:
 
 @functools.lru_cache(maxsize=1)
 def _imagenet_examples() -> tuple:
-    from . import models
 
     names = models.imagenet_classes()
     out = []
@@ -650,7 +644,6 @@ def examples(model) -> list:
 
     Explained in chapter 00, Models and images.
     """
-    from . import models
 
     world = models.info(model).world
     return list(_shapes_examples() if world == "shapes" else _imagenet_examples())

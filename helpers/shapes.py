@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import models
+
 __all__ = [
     "CLASSES", "SIZE", "MEAN", "STD", "DATA", "MODELS_DIR", "TRAIN_SEED_START", "HELD_OUT_SEEDS",
     "Scene", "scene", "scenes", "batch", "ShapesNet", "train", "load_model", "metadata",
@@ -423,7 +425,6 @@ def evaluate(model: nn.Module, seeds, n_objects: int = 1, batch_size: int = 200)
     seeds = list(seeds)
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
-    from . import models  # lazy: helpers.models imports this module
     device = models.device(model)
     was_training = model.training
     model.eval()
