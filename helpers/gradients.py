@@ -304,9 +304,10 @@ def make_baseline(model: nn.Module, x: torch.Tensor, kind="black", blur_sigma: f
     ``kind``: ``"black"`` (or ``None``): the black image, pixel value 0 in every channel. In the
     normalised space a model eats, that is ``(0 - mean) / std`` per channel, *not* the tensor 0
     (which is the mean colour, a dull grey). ``"blur"``: ``x`` blurred by a Gaussian of standard
-    deviation ``blur_sigma`` pixels (default: the image side / 16): the colours stay, the shapes
-    go. ``"noise"``: uniform random pixels in [0, 1] (normalised). A tensor: used as it is (in
-    the normalised space), broadcast to ``x``. Returns a tensor like ``x`` (device, dtype).
+    deviation ``blur_sigma`` pixels (default: the image side / 16): the colours and coarse
+    shapes stay, edges and texture go. ``"noise"``: uniform random pixels in [0, 1] (normalised).
+    A tensor: used as it is (in the normalised space), broadcast to ``x``. Returns a tensor like
+    ``x`` (device, dtype).
     """
     fn = "make_baseline"
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
