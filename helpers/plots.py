@@ -137,9 +137,10 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
     ``images`` is a flat list (laid out in ``ncols`` columns) or a list of rows (the seeds'
     tables: rows are variants, columns are examples). Titles follow the same shape (a flat list
     for a flat grid, a list per row, or a single list used as column titles for the first row).
-    2-D arrays are drawn with ``cmap`` in [0, 1]; RGB arrays as they are. No ticks. A signed
-    2-D array drawn with a diverging colormap (``"coolwarm"``, ``"bwr"``, ...) gets limits
-    symmetric about zero, so that the middle colour (white) means zero. ``cmap`` is one colormap
+    2-D arrays are drawn with ``cmap`` in [0, 1]; RGB arrays as they are. No ticks. A 2-D array
+    drawn with a diverging colormap (``"coolwarm"``, ``"bwr"``, ...) gets limits symmetric about
+    zero, so that the middle colour means zero in every panel, also in one without negative
+    values (else its zeros would take the colour of the most negative value). ``cmap`` is one colormap
     for every cell, or one per cell laid out like ``images`` (``None`` entries: ``"inferno"``),
     for a figure that mixes, say, a non-negative activation and a signed gradient.
     """
@@ -191,8 +192,8 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
             a = _as_displayable(cells[r][c])
             if a.ndim == 2:
                 name = (cmap[r][c] or "inferno") if per_cell else cmap
-                if name in _DIVERGING and a.min() < 0:
-                    lim = float(np.abs(a).max())
+                if name in _DIVERGING:
+                    lim = float(np.abs(a).max()) or 1.0          # an all-zero panel: the middle colour
                     vmin, vmax = -lim, lim
                 else:
                     vmin, vmax = (0, 1) if a.min() >= 0 and a.max() <= 1 else (0 if a.min() >= 0 else None, None)

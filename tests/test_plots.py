@@ -89,8 +89,11 @@ def test_signed_map_with_a_diverging_colormap_puts_zero_at_the_middle_colour():
     fig = plots.grid([signed], cmap="viridis")                     # a sequential colormap keeps the data range
     assert fig.axes[0].get_images()[0].get_clim() == (-1.0, 13.0)
     plt.close(fig)
-    fig = plots.grid([np.array([[0.0, 0.5], [0.25, 1.0]])], cmap="coolwarm")   # maps in [0, 1]: as before
-    assert fig.axes[0].get_images()[0].get_clim() == (0.0, 1.0)
+    # no negative values: still centred, so that its zeros look like the zeros of a signed panel beside
+    # it (a ReLU'd map next to the signed sum), not like the most negative value
+    fig = plots.grid([np.array([[0.0, 0.5], [0.25, 2.0]]), np.zeros((2, 2))], cmap="coolwarm")
+    assert fig.axes[0].get_images()[0].get_clim() == (-2.0, 2.0)
+    assert fig.axes[1].get_images()[0].get_clim() == (-1.0, 1.0)     # all zeros: the middle colour
     plt.close(fig)
 
 
