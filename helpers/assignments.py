@@ -28,12 +28,14 @@ BOOK = Path(__file__).resolve().parent.parent / "book"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = "raise NotImplementedError()"
 NOTE = ("**Student version.** Write your code where a cell says `raise NotImplementedError()`, "
-        "then run the check cell that follows it: it tells you whether your implementation is right.")
+        "then run the check cell that follows it: it tells you whether your implementation is right. "
+        "Only those cells are graded: put what your code needs (imports, helper functions) inside them.")
 
 # the assignment's note about the book's folded solution, and what a student's copy says instead
 _BOOK_NOTE = re.compile(r"In the rendered book the solution below is folded.*?the implementation is right\.", re.DOTALL)
 STUDENT_NOTE = ("Replace `raise NotImplementedError()` below with your implementation, then run the check "
-                "after it: it tells\nwhether the implementation is right.")
+                "after it: it tells\nwhether the implementation is right. Only the cell below is graded: "
+                "put what it needs (imports, helper functions) inside it.")
 
 _REGION = re.compile(r"^([ \t]*)### BEGIN SOLUTION[^\n]*\n(.*?)^[ \t]*### END SOLUTION[^\n]*(\n|$)",
                      re.MULTILINE | re.DOTALL)
@@ -209,7 +211,11 @@ def grade(path, book: Path = BOOK, timeout: int = 600, offline: bool = True) -> 
         where = ("the check" if failed == check else "the assignment cell" if failed in answers
                  else f"cell {failed} of the chapter, before the assignment")
         status = "check failed" if name == "AssertionError" else "error"
-        return Grade(str(path), chapter.stem, False, status, f"{name} in {where}: {value}".strip())
+        detail = f"{name} in {where}: {value}".strip()
+        if name == "NameError" and (failed in answers or failed == check):
+            detail += (" (only the assignment cells are graded: a name they use must be defined or imported "
+                       "inside them, not in another cell of the submission)")
+        return Grade(str(path), chapter.stem, False, status, detail)
     except (CellTimeoutError, DeadKernelError) as e:   # a student's endless loop or crash: grade the others
         what = f"a cell ran past {timeout} s" if isinstance(e, CellTimeoutError) else "the kernel died"
         return Grade(str(path), chapter.stem, False, "error", what)

@@ -89,6 +89,8 @@ MISTAKES = {
     "09 no activation": ("09", "return a * c", "return c", "relevance without the activation factor"),
     "10 mean": ("10", "A).sum(dim=0)", "A).mean(dim=0)", "the mean over channels instead of the weighted sum"),
     "11 abs": ("11", "g.mean(dim=(1, 2))", "g.abs().mean(dim=(1, 2))", "mean of |gradient| as weights"),
+    "11 max": ("11", "g.mean(dim=(1, 2))", "g.amax(dim=(1, 2))",
+               "the spatial maximum of the gradient as weights (equal to the mean where the gradient is constant)"),
     "12 unscaled": ("12", "G * (up / up.max())", "G * up", "the Grad-CAM map not scaled to [0, 1]"),
     "13 grad-cam weights": ("13", "denominator = 2 * g2 +", "denominator = g2 +",
                             "a wrong factor in the Grad-CAM++ denominator"),
@@ -248,6 +250,12 @@ def test_grade_runs_the_chapters_own_check_on_the_students_cells(tmp_path, capsy
     assert crash != written
     crashed = assignments.grade(submit("03_crash.ipynb", crash))   # one student's crash does not stop the grading
     assert (crashed.status, crashed.message, crashed.passed) == ("error", "the kernel died", False)
+    # a helper defined in another cell of the student's notebook is not graded: the message says so
+    elsewhere = written.replace("    m = grad.abs()", "    m = my_abs(grad)")
+    assert elsewhere != written
+    missing = assignments.grade(submit("03_elsewhere.ipynb", elsewhere))
+    assert missing.status == "error" and "NameError" in missing.message
+    assert "only the assignment cells are graded" in missing.message
     # ids lost and the signature rewritten: found as the cell before the unchanged check
     rewritten = written.replace("def my_saliency(grad):", "def my_saliency(grad):  # my version")
     assert rewritten != written
