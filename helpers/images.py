@@ -620,7 +620,6 @@ def _shapes_examples() -> tuple:
 
 @functools.lru_cache(maxsize=1)
 def _imagenet_examples() -> tuple:
-
     names = models.imagenet_classes()
     out = []
     for e in _examples_json():
@@ -644,7 +643,6 @@ def examples(model) -> list:
 
     Explained in chapter 00, Models and images.
     """
-
     world = models.info(model).world
     return list(_shapes_examples() if world == "shapes" else _imagenet_examples())
 

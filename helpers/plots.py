@@ -140,9 +140,9 @@ def grid(images, titles=None, row_titles=None, ncols: int | None = None, size: f
     2-D arrays are drawn with ``cmap`` in [0, 1]; RGB arrays as they are. No ticks. A 2-D array
     drawn with a diverging colormap (``"coolwarm"``, ``"bwr"``, ...) gets limits symmetric about
     zero, so that the middle colour means zero in every panel, also in one without negative
-    values (else its zeros would take the colour of the most negative value). ``cmap`` is one colormap
-    for every cell, or one per cell laid out like ``images`` (``None`` entries: ``"inferno"``),
-    for a figure that mixes, say, a non-negative activation and a signed gradient.
+    values (else its zeros would take the colour of the most negative value). ``cmap`` is one
+    colormap for every cell, or one per cell laid out like ``images`` (``None`` entries:
+    ``"inferno"``), for a figure that mixes, say, a non-negative activation and a signed gradient.
     """
     import matplotlib.pyplot as plt
 
