@@ -1,5 +1,6 @@
 """The chapter notebooks as files: clean, listed in the table of contents, same setup cell, runnable
 locally and in Colab, with an assignment and checks. (nbval executes them: `pytest ... book`.)"""
+import ast
 import json
 import re
 import sys
@@ -73,6 +74,13 @@ def test_chapter_anatomy(path):
     for i in marked:
         assert "### END SOLUTION" in code[i]
         assert i + 1 < len(code) and "assert" in code[i + 1], f"{path.name}: no check cell after the assignment"
+    # widgets.explore displays its widget; left as a cell's last expression, Jupyter shows it a
+    # second time (the execute_result), as two copies of the controls
+    for s in code:
+        if "widgets.explore(" in s:
+            last = ast.parse(s).body[-1]
+            assert not (isinstance(last, ast.Expr) and "widgets.explore(" in ast.unparse(last)), \
+                f"{path.name}: the explorer is the cell's value and is shown twice (assign it: explorer = ...)"
 
 
 def test_setup_cell_repository_matches_config():
