@@ -63,6 +63,9 @@ class Recorder:
         self.notebooks = {}       # the nbval file collector -> _Notebook
         self.written = []
 
+    def _path(self, parent):
+        return self.folder / Path(str(parent.fspath)).name
+
     def _watch(self, item):
         """The recording of item's notebook; the first time, wrap its kernel's two calls that nbval
         uses to run a cell (send the code, read the messages)."""
@@ -70,6 +73,7 @@ class Recorder:
         if parent not in self.notebooks:
             kernel = parent.kernel
             rec = self.notebooks[parent] = _Notebook(parent.nb, kernel)
+            self._path(parent).unlink(missing_ok=True)     # an earlier run's recording is not this one
             send, receive = kernel.execute_cell_input, kernel.get_message
 
             def execute_cell_input(*args, **kwargs):
@@ -120,7 +124,7 @@ class Recorder:
         rec = self.notebooks.pop(parent)
         if rec.complete():
             rec.client.set_widgets_metadata()
-            path = self.folder / Path(str(parent.fspath)).name
+            path = self._path(parent)
             nbformat.write(rec.nb, path)
             self.written.append(path)
 

@@ -73,6 +73,8 @@ def test_recorded_notebook_equals_nbclient_execution(tmp_path):
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)"),
                                                    nbformat.v4.new_code_cell("1 / 0")]), broken)
 
+    (tmp_path / "recorded").mkdir()
+    (tmp_path / "recorded" / "broken.ipynb").write_text("{}")           # an earlier run's recording
     run, folder = nbval_with_recorder(tmp_path, path, broken)
     assert run.returncode == 1 and "1 failed" in run.stdout, run.stdout[-2000:] + run.stderr[-2000:]
     assert sorted(p.name for p in folder.iterdir()) == ["example.ipynb"]   # the failing one is left out
