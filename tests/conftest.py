@@ -11,11 +11,7 @@ import pytest
 
 os.environ["CNNVIS_OFFLINE"] = "1"
 os.environ.setdefault("MPLBACKEND", "Agg")
-# The cores are shared by the pytest-xdist workers (-n auto), and each notebook kernel inherits
-# this: two workers of two threads each on two cores would spin against each other.
-_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, min(2, _cores // _workers))))
+os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:

@@ -129,7 +129,6 @@ class Recorder:
             self.written.append(path)
 
     def pytest_terminal_summary(self, terminalreporter):
-        # under pytest-xdist the workers record and this process reports: count what is there
         terminalreporter.write_line(f"executed notebooks recorded in {self.folder}: "
                                     f"{len(list(self.folder.glob('*.ipynb')))}")
 
