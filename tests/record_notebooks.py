@@ -61,7 +61,6 @@ class Recorder:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.notebooks = {}       # the nbval file collector -> _Notebook
-        self.written = []
 
     def _path(self, parent):
         return self.folder / Path(str(parent.fspath)).name
@@ -124,9 +123,7 @@ class Recorder:
         rec = self.notebooks.pop(parent)
         if rec.complete():
             rec.client.set_widgets_metadata()
-            path = self._path(parent)
-            nbformat.write(rec.nb, path)
-            self.written.append(path)
+            nbformat.write(rec.nb, self._path(parent))
 
     def pytest_terminal_summary(self, terminalreporter):
         terminalreporter.write_line(f"executed notebooks recorded in {self.folder}: "
