@@ -114,9 +114,23 @@ MISTAKES = {
 }
 
 
+# Correct answers written differently from the chapter's solution: the check must accept them (a
+# float64 or numpy result is right; the checks compare values, not dtypes).
+ALTERNATIVES = {
+    "01 numpy": ("01", "    return out\n", "    return out.numpy()\n", "a numpy array"),
+    "09 float64": ("09", "return a * c", "return (a * c).double()", "a float64 tensor"),
+    "10 float64": ("10", "A).sum(dim=0)", "A).double().sum(dim=0)", "a float64 tensor"),
+    "13 float64": ("13", "g2, g3 = g ** 2, g ** 3", "A, g = A.double(), g.double()\n    g2, g3 = g ** 2, g ** 3",
+                   "alpha computed in float64"),
+    "15 float64": ("15", "return F.relu((F.relu(g) * A).sum(dim=0))", "return F.relu((F.relu(g) * A).sum(dim=0)).double()",
+                   "a float64 tensor"),
+    "18 float64": ("18", "return (dx ** 2 + dy ** 2)", "return (dx.double() ** 2 + dy.double() ** 2)", "a float64 tensor"),
+}
+
+
 def _mistake_cell(case):
     """(chapter, position of the solution cell among the code cells, its source with the mistake)."""
-    number, old, new, _what = MISTAKES[case]
+    number, old, new, _what = {**MISTAKES, **ALTERNATIVES}[case]
     (chapter,) = [p for p in CHAPTERS if p.name.startswith(number)]
     nb = nbformat.read(chapter, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
@@ -145,6 +159,7 @@ def _chapter_run(chapter: Path) -> dict:
     chapter's own cells up to the mistake's solution cell, that cell with the mistake, its check,
     and, as a control, the chapter's own solution and the same check again, which must pass in
     that same kernel: so the check's failure came from the mistake, not from what ran before it.
+    The correct alternative answers (``ALTERNATIVES``) run the same way, in the same order.
     Positions are among the code cells; student and chapter have the same code cells.
     """
     nb = nbformat.read(chapter, as_version=4)
@@ -154,7 +169,8 @@ def _chapter_run(chapter: Path) -> dict:
     s_code = [c for c in student.cells if c.cell_type == "code"]
     assert len(code) == len(s_code)
     first = next(k for k, c in enumerate(s_code) if assignments.STUB in c_src(c))
-    cases = sorted((_mistake_cell(case)[1], case) for case in MISTAKES if MISTAKES[case][0] == chapter.name[:2])
+    cases = sorted((_mistake_cell(case)[1], case) for case, (number, *_) in {**MISTAKES, **ALTERNATIVES}.items()
+                   if number == chapter.name[:2])
     run = {"first": first, "prefix": None, "student": None, "mistakes": {}}
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}})
     with client.setup_kernel():
@@ -208,6 +224,17 @@ def test_check_catches_a_typical_mistake(case):
     at, error = result["mistake"]
     assert error and "AssertionError" in error, f"the check (code cell {at}) did not reject {what}: {(error or 'it passed')[-300:]}"
     assert result["control"] is None, f"the chapter's own solution failed the check after the mistake: {result['control'][-300:]}"
+
+
+@pytest.mark.parametrize("case", list(ALTERNATIVES), ids=lambda k: k.replace(" ", "-"))
+def test_check_accepts_a_correct_answer_written_differently(case):
+    chapter = _mistake_cell(case)[0]
+    run = _chapter_run(chapter)
+    assert run["prefix"] is None, f"code cell {run['prefix'][0]} failed: {run['prefix'][1][-300:]}"
+    result = run["mistakes"].get(case)
+    assert result is not None and "setup" not in result, "not run: the chapter's cells failed before it"
+    at, error = result["mistake"]
+    assert error is None, f"the check (code cell {at}) rejected a right answer, {ALTERNATIVES[case][3]}: {error[-300:]}"
 
 
 def test_grade_runs_the_chapters_own_check_on_the_students_cells(tmp_path, capsys):
