@@ -90,17 +90,6 @@ def _check_x(model: nn.Module, x, fn: str) -> torch.Tensor:
     return models.as_input(model, x)
 
 
-def _logits(out) -> torch.Tensor:
-    """The class scores of a forward pass (GoogLeNet/Inception in training mode return tuples)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise ValueError(f"the model returned {type(out).__name__}, not a tensor of class scores")
-
-
 def _check_int(value, name: str, fn: str, lo: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
         raise ValueError(f"{fn}: {name} must be an integer >= {lo}, got {value!r}")
@@ -162,7 +151,7 @@ def _progress(total: int, progress: bool, desc: str):
 
 @torch.no_grad()
 def _predicted(model, x: torch.Tensor) -> torch.Tensor:
-    return _logits(model(x)).argmax(1)
+    return models.scores(model(x)).argmax(1)
 
 
 def _targets_tensor(model, x: torch.Tensor, target, fn: str) -> torch.Tensor:
@@ -187,7 +176,7 @@ def _input_gradient(model, x, target, layer=None, channel=None, reduce="sum") ->
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         if layer is None:
-            logits = _logits(model(x))
+            logits = models.scores(model(x))
             if target is None:
                 target = logits.detach().argmax(1)
             score = logits.gather(1, torch.as_tensor(target, device=logits.device).view(-1, 1)).sum()

@@ -66,16 +66,6 @@ def _np(t) -> np.ndarray:
     return t.detach().float().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
 
 
-def _logits(out) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if hasattr(out, "logits"):
-        return out.logits
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise ValueError(f"the model returned {type(out).__name__}, not a tensor of class scores")
-
-
 def _check_x(x, fn: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -328,7 +318,7 @@ def _causal_curve(model, x, target, heatmap, steps, batch_size, mode, substrate,
             i, k = j // (steps + 1), j % (steps + 1)                    # image and step of each copy
             switched = (ranks[i] < counts[k][:, None]).view(-1, 1, hh, ww).to(x.dtype)
             batch = start[i] * (1 - switched) + end[i] * switched       # the k most important pixels switched
-            p = torch.softmax(_logits(model(batch)).float(), dim=1)
+            p = torch.softmax(models.scores(model(batch)).float(), dim=1)
             scores[s:s + len(j)] = p[torch.arange(len(j), device=dev), tgt[i]].cpu()
     fr = counts.cpu().numpy() / npx
     sc = scores.view(n, steps + 1).numpy()
@@ -620,7 +610,7 @@ def methods(ig_steps: int = 16, smoothgrad_samples: int = 16, smoothgrad_noise: 
         p = deconvnet.occlusion(model, x, target, size=occlusion_size, stride=occlusion_stride, progress=False)
         t = torch.tensor(models.check_target(model, target, x.shape[0]))
         with hooks.frozen(model), torch.no_grad():
-            clean = torch.softmax(_logits(model(x.to(models.device(model)))).float(), 1).cpu()
+            clean = torch.softmax(models.scores(model(x.to(models.device(model)))).float(), 1).cpu()
         return (clean[torch.arange(len(t)), t][:, None, None] - p).clamp(min=0)
 
     table = {
@@ -875,7 +865,7 @@ def leaderboard(model: nn.Module, x: torch.Tensor, target, masks=None, attributi
     dev = models.device(model)
     xd = models.as_input(model, x)
     with hooks.frozen(model), torch.no_grad():
-        _logits(model(xd[:1]))  # warm-up
+        models.scores(model(xd[:1]))  # warm-up
         t_forward = _median_time(lambda: model(xd), 5, dev)
     rows, per, curves, casc, skipped, kept = {}, {}, {}, {}, {}, {}
     bar = tqdm(list(table.items()), disable=not progress, desc="leaderboard", leave=False)

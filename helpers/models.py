@@ -403,6 +403,18 @@ def last_conv_layer(model: nn.Module) -> str:
     return conv_layers(model)[-1]
 
 
+def scores(out) -> torch.Tensor:
+    """The class scores ``[N, classes]`` of a forward pass's result: the tensor itself, or the
+    scores inside the tuple (or named tuple) that GoogLeNet and Inception v3 return in training mode."""
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "logits"):
+        return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    raise ValueError(f"the model returned {type(out).__name__}, not a tensor of class scores")
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, k: int = 5):
     """Top-k predictions: a list (one per image) of ``(index, name, probability)`` tuples."""

@@ -35,6 +35,15 @@ def pytest_configure(config):
         register(config)
 
 
+def pytest_assertrepr_compare(op, left, right):
+    """``assert snapshot(model) == before`` (tests/model_state.py) says what changed in the model."""
+    from model_state import State
+
+    if op == "==" and isinstance(left, State) and isinstance(right, State):
+        return ["the model changed (before -> after):"] + [f"  {c}" for c in right.changes(left)]
+    return None
+
+
 def pytest_addoption(parser):
     parser.addoption("--built-book", default=None,
                      help="folder of a built book (_build/html) for tests/test_built_book.py")

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from helpers import cam, hooks, metrics, models, shapes
+from model_state import snapshot
 
 ARCHITECTURES = ["vgg16", "resnet50", "googlenet"]
 # a layer at the end and one inside a block, for each architecture
@@ -26,13 +27,6 @@ LAYERS = {
     "googlenet": ["inception5b", "inception4c.branch2.1"],
     "shapesnet": [None, "features.8"],  # the last conv feature map (set below), a conv in the middle
 }
-
-
-def snapshot(model):
-    return ([(m.training, getattr(m, "inplace", None), len(m._forward_hooks), len(m._forward_pre_hooks),
-              len(m._backward_hooks), len(m._backward_pre_hooks), "forward" in m.__dict__)
-             for m in model.modules()],
-            [(p.requires_grad, p.grad) for p in model.parameters()])
 
 
 @functools.lru_cache(maxsize=None)

@@ -6,17 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import deconvnet, hooks, images, models, shapes
-
-
-def snapshot(model):
-    return ([(m.training, getattr(m, "inplace", None), len(m._forward_hooks), len(m._forward_pre_hooks),
-              len(m._backward_hooks)) for m in model.modules()],
-            [p.requires_grad for p in model.parameters()],
-            {k: v.clone() for k, v in model.state_dict().items()})
-
-
-def same(a, b):
-    return a[0] == b[0] and a[1] == b[1] and all(torch.equal(a[2][k], b[2][k]) for k in a[2])
+from model_state import snapshot
 
 
 @pytest.fixture(scope="module")
@@ -283,14 +273,14 @@ def test_model_unchanged_and_errors(net, scenes_x, vgg16):
     for model, inp in [(net, x[:1]), (vgg16, torch.randn(1, 3, 32, 32))]:
         before = snapshot(model)
         deconvnet.reconstruct(model, inp, deconvnet.block_layers(model)[1], 0)
-        assert same(before, snapshot(model))
+        assert snapshot(model) == before
         with pytest.raises(ValueError, match="channels 0"):
             deconvnet.reconstruct(model, inp, deconvnet.block_layers(model)[0], 10_000)
-        assert same(before, snapshot(model))
+        assert snapshot(model) == before
     before = snapshot(net)
     deconvnet.occlusion(net, x[:1], 0, size=64, stride=64, progress=False)
     deconvnet.top_activations(net, x, "features.4", 0, k=3, progress=False)
-    assert same(before, snapshot(net))
+    assert snapshot(net) == before
     with pytest.raises(ValueError, match="outside"):
         deconvnet.reconstruct(net, x[:1], "features.14", 0, position=(16, 0))
     with pytest.raises(ValueError, match="not in features"):

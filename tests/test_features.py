@@ -11,17 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import features, hooks, models, shapes
-
-
-def snapshot(model):
-    return ([(m.training, getattr(m, "inplace", None), len(m._forward_hooks), len(m._forward_pre_hooks),
-              len(m._backward_hooks)) for m in model.modules()],
-            [(p.requires_grad, p.grad) for p in model.parameters()],
-            {k: v.clone() for k, v in model.state_dict().items()})
-
-
-def same(a, b):
-    return a[0] == b[0] and a[1] == b[1] and all(torch.equal(a[2][k], b[2][k]) for k in a[2])
+from model_state import snapshot
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +90,7 @@ def test_prefix_stops_the_forward_pass_at_the_layer(net, scenes):
         with features.prefix(net, "features.8") as run:
             a = run(x[:1])
         assert torch.allclose(a, net.features[:9](x[:1]), atol=1e-5)
-        assert calls == [] and same(snapshot(net), before)
+        assert calls == [] and snapshot(net) == before
     finally:
         h.remove()
 
@@ -117,7 +107,7 @@ def test_visualize_filter_raises_the_activation_and_stays_valid(net, scenes, par
     reached = features.mean_activation(net, v, layer, channel)[0]
     typical = features.mean_activation(net, x, layer, channel).mean()
     assert reached > 3 * max(float(typical), 1e-3), (param, float(reached), float(typical))
-    assert same(snapshot(net), before)
+    assert snapshot(net) == before
     again = features.visualize_filter(net, layer, channel, steps=40, param=param, progress=False)
     assert torch.equal(v, again)                                 # seeded
 
@@ -191,7 +181,7 @@ def test_bad_channel_and_param_raise_and_leave_the_model(net):
         features.visualize_filter(net, "features.8", 0, steps=2, param="fft", progress=False)
     with pytest.raises(ValueError, match="unknown layer"):
         features.visualize_filter(net, "features.99", 0, steps=2, progress=False)
-    assert same(snapshot(net), before)
+    assert snapshot(net) == before
 
 
 def test_filter_optimizer_restores_the_model_after_an_exception(net):
@@ -204,7 +194,7 @@ def test_filter_optimizer_restores_the_model_after_an_exception(net):
                 opt.step()
                 assert not net.training and not any(p.requires_grad for p in net.parameters())
                 raise RuntimeError("boom")
-        assert same(snapshot(net), before)
+        assert snapshot(net) == before
     finally:
         net.eval()
         net.features[0].weight.requires_grad_(True)
@@ -226,7 +216,7 @@ def test_torchvision_layers_including_linear_and_blocks():
     g = models._build_torchvision("googlenet", None).eval()
     before = snapshot(g)
     v = features.visualize_filter(g, "inception3a", 3, steps=2, size=64, param="fourier", progress=False)
-    assert v.shape == (1, 3, 64, 64) and same(snapshot(g), before)
+    assert v.shape == (1, 3, 64, 64) and snapshot(g) == before
     with pytest.raises(ValueError, match=r"256 channels, 0\.\.255"):
         features.visualize_filter(g, "inception3a", 256, steps=1, size=64, progress=False)
     a = models._build_torchvision("alexnet", None).eval()
@@ -245,7 +235,7 @@ def test_deep_dream_raises_the_layer_norm_and_returns_a_tensor_like_x(net, scene
     out, values = features.deep_dream(net, x.float(), "features.8", octaves=2, steps=6,
                                       return_values=True, progress=False)
     assert out.shape == x.shape and out.dtype == torch.float32
-    assert same(snapshot(net), before)
+    assert snapshot(net) == before
     assert (features.layer_norm(net, out, "features.8") > 1.2 * features.layer_norm(net, x.float(), "features.8")).all()
     assert (values[-1] > values[6]).all()           # the objective grew during the last octave
     p = pixels(net, out)
@@ -289,7 +279,7 @@ def test_invert_early_layer_reproduces_the_representation(net, scenes):
     x, _ = scenes
     before = snapshot(net)
     rec, hist = features.invert(net, x[:2], "features.1", steps=60, return_history=True, progress=False)
-    assert rec.shape == (2, 3, 128, 128) and same(snapshot(net), before)
+    assert rec.shape == (2, 3, 128, 128) and snapshot(net) == before
     err = features.relative_error(net, rec, x[:2], "features.1")
     assert (err < 0.2).all(), err
     assert (hist[-1] < 0.2 * hist[0]).all()

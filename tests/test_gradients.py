@@ -14,14 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import gradients, hooks, images, models, shapes
+from model_state import snapshot
 
 ARCHITECTURES = ["vgg16", "vgg19", "alexnet", "resnet50", "googlenet", "inception_v3"]
-
-
-def snapshot(model):
-    return ([(m.training, getattr(m, "inplace", None), len(m._forward_hooks), len(m._forward_pre_hooks),
-              len(m._backward_hooks), len(m._backward_pre_hooks)) for m in model.modules()],
-            [(p.requires_grad, p.grad) for p in model.parameters()])
 
 
 @functools.lru_cache(maxsize=None)

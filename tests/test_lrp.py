@@ -8,17 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import lrp, models, shapes
-
-
-def snapshot(model):
-    return ([(m.training, getattr(m, "inplace", None), len(m._forward_hooks), len(m._forward_pre_hooks),
-              len(m._backward_hooks)) for m in model.modules()],
-            [p.requires_grad for p in model.parameters()],
-            {k: v.clone() for k, v in model.state_dict().items()})
-
-
-def same(a, b):
-    return a[0] == b[0] and a[1] == b[1] and all(torch.equal(a[2][k], b[2][k]) for k in a[2])
+from model_state import snapshot
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +218,7 @@ def test_model_unchanged_also_after_error(net, data, vgg16, monkeypatch):
     for m, inp in [(net, x[:1]), (vgg16, torch.randn(1, 3, 32, 32))]:
         before = snapshot(m)
         lrp.lrp(m, inp, 1, rule="composite")
-        assert same(before, snapshot(m))
+        assert snapshot(m) == before
 
     def boom(*a, **k):
         raise RuntimeError("boom")
@@ -237,7 +227,7 @@ def test_model_unchanged_also_after_error(net, data, vgg16, monkeypatch):
     monkeypatch.setattr(lrp, "propagate", boom)
     with pytest.raises(RuntimeError):
         lrp.lrp(vgg16, torch.randn(1, 3, 32, 32), 1)
-    assert same(before, snapshot(vgg16))
+    assert snapshot(vgg16) == before
 
 
 def test_errors(net, data):

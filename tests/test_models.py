@@ -179,6 +179,20 @@ def test_predict_is_consistent_with_the_logits():
     assert s.labels[0] == top[0][0]  # ShapesNet gets this easy scene right
 
 
+def test_scores_of_a_forward_pass_in_every_form_torchvision_returns():
+    """With auxiliary heads, GoogLeNet in training mode returns a named tuple (logits, aux_logits2,
+    aux_logits1) and Inception v3 one of (logits, aux_logits): the scores are the main head's."""
+    from torchvision.models.googlenet import GoogLeNetOutputs
+    from torchvision.models.inception import InceptionOutputs
+
+    x, aux = torch.zeros(2, 3), torch.ones(2, 3)
+    assert models.scores(x) is x
+    assert models.scores(GoogLeNetOutputs(x, aux, aux)) is x and models.scores(InceptionOutputs(x, aux)) is x
+    assert models.scores((x, aux)) is x and models.scores([x]) is x
+    with pytest.raises(ValueError, match="not a tensor of class scores"):
+        models.scores({"logits": x})
+
+
 def test_probe_records_every_call_in_order_and_restores_the_model(archs):
     """The one shape-finding forward pass behind conv_layers, channels, describe and the gradients'
     memory-aware batch: every call of a shared module, first-call order, the model as it was."""

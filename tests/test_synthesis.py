@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import models, shapes, synthesis
+from model_state import snapshot
 
 EPS = 8 / 255
 K = len(shapes.CLASSES)          # number of shape classes
@@ -29,19 +30,9 @@ def scenes():
     return x[idx], y[idx]
 
 
-def snapshot(model):
-    return ([(m.training, getattr(m, "inplace", None), len(m._forward_hooks), len(m._forward_pre_hooks),
-              len(m._backward_hooks)) for m in model.modules()],
-            [p.requires_grad for p in model.parameters()],
-            [p.detach().clone() for p in model.parameters()],
-            [p.grad for p in model.parameters()])
-
-
 def assert_unchanged(model, before):
-    after = snapshot(model)
-    assert after[0] == before[0] and after[1] == before[1]
-    assert all(torch.equal(a, b) for a, b in zip(after[2], before[2]))
-    assert all(g is None for g in after[3])
+    assert snapshot(model) == before
+    assert all(p.grad is None for p in model.parameters())
 
 
 def pixels(model, x):
