@@ -458,10 +458,8 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
     return total / samples
 
 
-# LRP lives in its own module (explained in chapter 09); the guard goes once helpers/lrp.py exists.
-try:
-    from .lrp import lrp  # noqa: E402  (LRP lives in its own module; explained in chapter 09)
-    __all__.append("lrp")
-except ModuleNotFoundError as _e:  # pragma: no cover - only while helpers/lrp.py is being written
-    if _e.name != f"{__package__}.lrp":
-        raise
+# LRP lives in its own module (explained in chapter 09); it is also offered here, next to the other
+# gradient methods. Imported last: helpers/lrp.py does not import this module.
+from .lrp import lrp  # noqa: E402
+
+__all__.append("lrp")

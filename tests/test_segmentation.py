@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import hooks, models, segmentation, shapes
+from helpers import models, segmentation, shapes
 
 
 def _model_state(model):
@@ -215,7 +215,6 @@ def test_init_encoder_reproduces_the_classifier():
         h, ref, k = x, x, 0
         for i, block in enumerate(model.encoder):
             h = block(h)
-            n = sum(isinstance(m, nn.Conv2d) for m in block)
             for m in sn.features[k:]:
                 k += 1
                 if isinstance(m, nn.MaxPool2d):
