@@ -462,4 +462,4 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
 # gradient methods. Imported last: helpers/lrp.py does not import this module.
 from .lrp import lrp  # noqa: E402
 
-__all__.append("lrp")
+__all__ += ["lrp"]

@@ -259,7 +259,7 @@ def measure(name: str, batch: int, device, rounds: int, n: int, score_cam: bool,
     if batch == 1:
         k = 6   # the cost of a step without the set-up: (6 steps - 1 step) / 5
         best["class_image step"] = (best.pop(f"class_image ({k} steps)") - best.pop("class_image (1 step)")) / (k - 1)
-    del cached
+    cached = None                                    # frees the cached activations (the lambdas hold this name)
     gc.collect()
     return {"model": name, "batch": batch, "device": device.type, "n": n, "times": best,
             "memory": memory_growth(model, layer, size, device) if batch == 1 else None}
