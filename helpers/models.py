@@ -420,7 +420,7 @@ def predict(model: nn.Module, x: torch.Tensor, k: int = 5):
     """Top-k predictions: a list (one per image) of ``(index, name, probability)`` tuples."""
     names = class_names(model)
     p = next(model.parameters())
-    probs = torch.softmax(model(x.to(p.device)), dim=1).cpu()
+    probs = torch.softmax(scores(model(x.to(p.device))), dim=1).cpu()
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     return [[(int(i), names[int(i)], float(v)) for v, i in zip(vs, ids)]
             for vs, ids in zip(top.values, top.indices)]

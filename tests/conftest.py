@@ -36,7 +36,8 @@ def pytest_configure(config):
 
 
 def pytest_assertrepr_compare(op, left, right):
-    """``assert snapshot(model) == before`` (tests/model_state.py) says what changed in the model."""
+    """``assert snapshot(model) == before`` (tests/model_state.py; after on the left, as every test
+    writes it) says what changed in the model."""
     from model_state import State
 
     if op == "==" and isinstance(left, State) and isinstance(right, State):
