@@ -118,6 +118,10 @@ MISTAKES = {
 # float64 or numpy result is right; the checks compare values, not dtypes).
 ALTERNATIVES = {
     "01 numpy": ("01", "    return out\n", "    return out.numpy()\n", "a numpy array"),
+    "06 numpy black": ("06", "    mean = torch.tensor(info.mean).view(1, 3, 1, 1)\n    std = torch.tensor(info.std).view(1, 3, 1, 1)\n"
+                       "    black = (0.0 - mean) / std\n",
+                       "    black = torch.from_numpy(-np.array(info.mean) / np.array(info.std)).view(1, 3, 1, 1)\n",
+                       "the black baseline computed with numpy (float64 attributions)"),
     "09 float64": ("09", "return a * c", "return (a * c).double()", "a float64 tensor"),
     "10 float64": ("10", "A).sum(dim=0)", "A).double().sum(dim=0)", "a float64 tensor"),
     "13 float64": ("13", "g2, g3 = g ** 2, g ** 3", "A, g = A.double(), g.double()\n    g2, g3 = g ** 2, g ** 3",
