@@ -41,6 +41,20 @@ _REGION = re.compile(r"^([ \t]*)### BEGIN SOLUTION[^\n]*\n(.*?)^[ \t]*### END SO
                      re.MULTILINE | re.DOTALL)
 
 
+def check_no_weight_gradients(model, wrt: str = "x") -> None:
+    """For the check cells of steps that take the gradient with respect to the input ``wrt``
+    (chapters 19, 20, 21): a step that called ``loss.backward()`` also left gradients on the model's
+    weights, which the later cells do not expect. They are cleared either way (the rest of the
+    chapter runs as it should), and ``AssertionError`` names the first weight if there were any."""
+    leaked = [name for name, w in model.named_parameters() if w.grad is not None]
+    for w in model.parameters():
+        w.grad = None
+    if leaked:
+        raise AssertionError(f"your step left gradients on the model's weights ({leaked[0]}, ...), as "
+                             f"loss.backward() does: take the gradient with respect to {wrt} only, "
+                             f"with torch.autograd.grad")
+
+
 def _source(cell) -> str:
     s = cell.get("source", "")
     return "".join(s) if isinstance(s, list) else s

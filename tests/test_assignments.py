@@ -57,6 +57,19 @@ def test_build_writes_student_versions(tmp_path):
         nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
 
 
+def test_check_no_weight_gradients_rejects_and_clears_them():
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    x = torch.rand(4, 3, requires_grad=True)
+    (g,) = torch.autograd.grad(net(x).sum(), x)             # the input gradient only: accepted
+    assignments.check_no_weight_gradients(net, "x")
+    net(x).sum().backward()                                 # gradients on every weight too
+    with pytest.raises(AssertionError, match=r"\(0\.weight, \.\.\.\).*with respect to p only"):
+        assignments.check_no_weight_gradients(net, "p")
+    assert all(w.grad is None for w in net.parameters())    # cleared for the rest of the chapter
+
+
 def test_cli(tmp_path, capsys):
     assert assignments._main(["build", str(tmp_path / "out"), "--chapters", "0"]) == 0
     assert (tmp_path / "out" / "00_models_and_images.ipynb").exists()
