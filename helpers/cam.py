@@ -93,6 +93,14 @@ def _layer_list(model: nn.Module, layer):
     return modules, single
 
 
+def _one_layer(model: nn.Module, layer, fn: str) -> nn.Module:
+    """The module of ``layer`` for the methods that take one layer (a list raises ``ValueError``)."""
+    modules, single = _layer_list(model, layer)
+    if not single:
+        raise ValueError(f"{fn} takes one layer, got a list of {len(modules)}; call it once per layer")
+    return modules[0]
+
+
 def _logits(out, model) -> torch.Tensor:
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise ValueError(f"{models.info(model).name} must return class scores [N, classes]; "
@@ -310,7 +318,7 @@ def cam(model: nn.Module, x: torch.Tensor, target, layer=None) -> torch.Tensor:
     """
     x = _input(model, x)
     image, classes = _plan(model, x, target)
-    (module,), _ = _layer_list(model, layer)
+    module = _one_layer(model, layer, "cam")
     with _captured(model, [module], graph=False) as (cap,), torch.no_grad():
         logits = _logits(model(x), model)
         A = cap.activations
@@ -618,6 +626,7 @@ def guided_grad_cam(model: nn.Module, x: torch.Tensor, target, layer=None) -> to
 
     x = _input(model, x)
     image, classes = _plan(model, x, target)
+    layer = _one_layer(model, layer, "guided_grad_cam")
     xs = _per_map(x, image)
     guided = gradients.guided(model, xs, classes)              # [M, 3, H, W]
     heat = grad_cam(model, x, target, layer)                   # [M, H, W] in [0, 1]
@@ -681,6 +690,9 @@ def _mask_logits(model, x1, A1, batch_size, bar):
     """
     masks = score_cam_masks(A1, x1.shape[-2:])                 # H^k: [K, H, W]
     live = (masks.flatten(1).amax(1) > 0).nonzero()[:, 0]
+    # the bar counted ceil(K / batch_size) batches for this image; constant channels are not run
+    bar.total -= math.ceil(len(masks) / batch_size) - math.ceil(len(live) / batch_size)
+    bar.refresh()
     out = None
     for start in range(0, len(live), batch_size):
         idx = live[start:start + batch_size]
@@ -740,7 +752,7 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer=None, batch_size:
 
     x = _input(model, x)
     image, classes = _plan(model, x, target)
-    (module,), _ = _layer_list(model, layer)
+    module = _one_layer(model, layer, "score_cam")
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int (masked images per forward pass), got {batch_size!r}")
     if weights not in SCORE_CAM_WEIGHTS:
@@ -827,7 +839,7 @@ class Cached:
     def __init__(self, model: nn.Module, x: torch.Tensor, layer=None):
         self.model = model
         self.x = _input(model, x)
-        (module,), _ = _layer_list(model, layer)
+        module = _one_layer(model, layer, "Cached")
         self.layer = models.layer_name(model, module)
         head = _Head(model, module)
         with _captured(model, [module], leaf=True) as (cap,), head.hooked(), torch.enable_grad():

@@ -314,7 +314,8 @@ def _trace_batch(model, x, targets, plan, epsilon, gamma):
             acts.append(h)
             h = m(h) if not isinstance(m, nn.ReLU) else F.relu(h)  # never in place
     logits = h
-    t = torch.tensor(targets, device=x.device)
+    # None: the class the model predicts, from this forward pass
+    t = logits.argmax(1) if targets is None else torch.tensor(targets, device=x.device)
     score = logits.gather(1, t.view(-1, 1))[:, 0]
     R = torch.zeros_like(logits).scatter_(1, t.view(-1, 1), score.view(-1, 1))
     bounds = _bounds(model, x.device, x.dtype)
@@ -342,7 +343,7 @@ def relevance_trace(model: nn.Module, x: torch.Tensor, target, rule: str = "epsi
     _check_params(epsilon, gamma)
     plan = layer_rules(model, rule)
     x = _check_x(model, x)
-    targets = models.check_target(model, target, len(x))
+    targets = None if target is None else models.check_target(model, target, len(x))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     parts = []
@@ -356,7 +357,8 @@ def relevance_trace(model: nn.Module, x: torch.Tensor, target, rule: str = "epsi
                     raise ValueError(f"{type(model).__name__}'s forward pass is not features -> avgpool -> "
                                      f"flatten -> classifier; LRP here supports sequential conv nets only")
         for s in range(0, len(x), batch_size):
-            parts.append(_trace_batch(model, x[s:s + batch_size], targets[s:s + batch_size], plan, epsilon, gamma))
+            part = None if targets is None else targets[s:s + batch_size]
+            parts.append(_trace_batch(model, x[s:s + batch_size], part, plan, epsilon, gamma))
     cat = lambda ts: torch.cat(ts) if ts[0] is not None else None  # noqa: E731
     layers = [LayerRelevance(*(getattr(recs[0], f) for f in ("name", "kind", "rule")),
                              *(cat([getattr(r, f) for r in recs]) for f in ("above", "below", "bias", "stabilizer", "map")))
@@ -370,7 +372,8 @@ def lrp(model: nn.Module, x: torch.Tensor, target, rule: str = "epsilon", epsilo
 
     Explained in chapter 09, Layer-wise relevance propagation.
 
-    ``x`` a normalised batch ``[N, 3, H, W]``, ``target`` a class index or one per image.
+    ``x`` a normalised batch ``[N, 3, H, W]``, ``target`` a class index, one per image, or
+    ``None`` for the class the model predicts.
     ``rule``: ``"zero"`` (LRP-0; equals gradient x input on these ReLU networks), ``"epsilon"``
     (LRP-ε, stabiliser ``epsilon * rms(z)`` per layer), ``"gamma"`` (LRP-γ with ``gamma``), or
     ``"composite"`` (LRP-0 in the dense layers, LRP-ε in the upper conv layers, LRP-γ in the lower

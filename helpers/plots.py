@@ -23,12 +23,17 @@ def _np(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def _chw_to_hwc(g: np.ndarray) -> np.ndarray:
+def _chw_to_hwc(grad) -> np.ndarray:
+    """``[3, H, W]`` (or ``[1, 3, H, W]``) -> ``[H, W, 3]``. A tensor is always channels-first (the
+    book's layout), also where its shape alone would allow both readings: a 3 x 3 patch ``[3, 3, 3]``,
+    a 3-pixel-wide crop ``[3, H, 3]``. An array is read as ``[H, W, 3]`` when it ends in 1 or 3."""
+    channels_first = isinstance(grad, torch.Tensor)
+    g = _np(grad)
     if g.ndim == 4:
         if g.shape[0] != 1:
             raise ValueError(f"one image at a time: got a batch of {g.shape[0]}; index it first")
         g = g[0]
-    if g.ndim == 3 and g.shape[0] in (1, 3) and g.shape[-1] not in (1, 3):
+    if g.ndim == 3 and g.shape[0] in (1, 3) and (channels_first or g.shape[-1] not in (1, 3)):
         g = g.transpose(1, 2, 0)
     return g
 
@@ -39,7 +44,7 @@ def gradient_image(grad, percentile: float = 99.0) -> np.ndarray:
     Zero maps to grey 0.5; values are scaled by the ``percentile`` of their absolute values
     and clipped, so a few extreme pixels do not wash the picture out.
     """
-    g = _chw_to_hwc(_np(grad)).astype(np.float64)
+    g = _chw_to_hwc(grad).astype(np.float64)
     scale = np.percentile(np.abs(g), percentile)
     if scale <= 0:
         return np.full(g.shape, 0.5)
@@ -48,7 +53,7 @@ def gradient_image(grad, percentile: float = 99.0) -> np.ndarray:
 
 def grayscale(grad, percentile: float = 99.0) -> np.ndarray:
     """Signed ``[3, H, W]`` map -> ``[H, W]`` in [0, 1]: sum of absolute values over colour channels."""
-    g = _chw_to_hwc(_np(grad)).astype(np.float64)
+    g = _chw_to_hwc(grad).astype(np.float64)
     g = np.abs(g).sum(axis=-1) if g.ndim == 3 else np.abs(g)
     scale = np.percentile(g, percentile)
     if scale <= 0:
@@ -61,7 +66,7 @@ def positive_negative(grad, percentile: float = 99.0):
 
     Both parts share one scale, so their strengths can be compared.
     """
-    g = _chw_to_hwc(_np(grad)).astype(np.float64)
+    g = _chw_to_hwc(grad).astype(np.float64)
     g = g.sum(axis=-1) if g.ndim == 3 else g
     pos, neg = np.maximum(g, 0), np.maximum(-g, 0)
     scale = np.percentile(np.abs(g), percentile)

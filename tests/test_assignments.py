@@ -131,6 +131,7 @@ MISTAKES = {
 # float64 or numpy result is right; the checks compare values, not dtypes).
 ALTERNATIVES = {
     "01 numpy": ("01", "    return out\n", "    return out.numpy()\n", "a numpy array"),
+    "02 numpy": ("02", "    return grad.cpu()\n", "    return grad.cpu().numpy()\n", "a numpy array"),
     "06 numpy black": ("06", "    mean = torch.tensor(info.mean).view(1, 3, 1, 1)\n    std = torch.tensor(info.std).view(1, 3, 1, 1)\n"
                        "    black = (0.0 - mean) / std\n",
                        "    black = torch.from_numpy(-np.array(info.mean) / np.array(info.std)).view(1, 3, 1, 1)\n",

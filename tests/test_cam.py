@@ -7,7 +7,10 @@ time for Score-CAM, the paper's derivatives with ``exp(S)`` left in for Grad-CAM
 properties: Grad-CAM reduces to CAM on a GAP network, the peak lies on the object in the shapes
 world, the model is left unchanged (also after an error), clear errors, and the speed ratios.
 """
+import copy
 import functools
+import io
+import math
 import time
 
 import cv2
@@ -567,6 +570,33 @@ def test_score_cam_counts_forward_passes_and_checks_batch_size():
         cam.score_cam(model, x, 1, batch_size=0)
 
 
+def test_score_cam_progress_bar_ends_at_its_total_when_channels_are_skipped(monkeypatch):
+    """Constant channels (their mask is all zero) are not run: the bar counts only the batches run."""
+    import tqdm.auto
+
+    model, x = model_and_input("shapesnet", n=2)
+    model = copy.deepcopy(model)
+    with torch.no_grad():                                         # three dead filters: constant after the ReLU
+        model.features[0].weight[:3] = 0
+        model.features[0].bias[:3] = -1
+    bars = []
+
+    class Bar(tqdm.auto.tqdm):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **{**k, "disable": False, "file": io.StringIO()})
+            bars.append(self)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    A = cam.Cached(model, x, "features.1").activations.detach()
+    assert int((A.flatten(2).amax(2) == A.flatten(2).amin(2)).sum()) == 6
+    for run in (lambda: cam.score_cam(model, x, [1, 2], "features.1", batch_size=2),
+                lambda: cam.Cached(model, x, "features.1").score_cam([1, 2], batch_size=2)):
+        bars.clear()
+        run()
+        (bar,) = bars
+        assert bar.n == bar.total < 2 * math.ceil(A.shape[1] / 2), (bar.n, bar.total)
+
+
 # ------------------------------------------------------------------------------------ Guided Grad-CAM
 def test_guided_grad_cam_is_guided_backprop_times_grad_cam():
     pytest.importorskip("helpers.gradients")
@@ -733,6 +763,12 @@ def test_clear_errors():
         cam.grad_cam(model, x, [])
     with pytest.raises(ValueError, match="N >= 1"):
         cam.grad_cam(model, x[:0], 1)
+    two = ["features.9", shapesnet_last()]               # the one-layer methods refuse a list, by name
+    for fn, name in ((cam.cam, "cam"), (cam.guided_grad_cam, "guided_grad_cam"), (cam.score_cam, "score_cam"),
+                     (cam.Cached, "Cached")):
+        for n in (1, 2):
+            with pytest.raises(ValueError, match=f"{name} takes one layer, got a list of 2"):
+                fn(model, x.repeat(n, 1, 1, 1), two) if fn is cam.Cached else fn(model, x.repeat(n, 1, 1, 1), 1, two)
     for fn in (cam.grad_cam, cam.grad_cam_pp, cam.layer_cam, cam.score_cam, cam.Cached):   # a linear layer
         with pytest.raises(ValueError, match=r"not feature maps \[N, K, h, w\]"):
             fn(model, x, "classifier") if fn is cam.Cached else fn(model, x, 1, "classifier")

@@ -211,6 +211,15 @@ def test_batches_and_target_forms(net, data):
     c = lrp.lrp(net, x, 2)
     d = lrp.lrp(net, x, [2, 2, 2])
     torch.testing.assert_close(c, d)
+    # None: the predicted class of each image (as for every method of helpers.gradients)
+    with torch.no_grad():
+        predicted = net(x).argmax(1).tolist()
+    assert len(set(predicted)) > 1, "the check needs images predicted as different classes"
+    for size in (1, 16):
+        torch.testing.assert_close(lrp.lrp(net, x, None, rule="composite", batch_size=size),
+                                   lrp.lrp(net, x, predicted, rule="composite"))
+    assert lrp.relevance_trace(net, x, None).score.tolist() == \
+        lrp.relevance_trace(net, x, predicted).score.tolist()
 
 
 def test_model_unchanged_also_after_error(net, data, vgg16, monkeypatch):

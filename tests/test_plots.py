@@ -19,6 +19,19 @@ def test_gradient_image_maps_zero_to_grey_and_sign_to_brightness():
     assert np.allclose(plots.gradient_image(torch.zeros(1, 3, 4, 4)), 0.5)
 
 
+def test_a_tensor_is_read_channels_first_also_where_its_shape_allows_both_readings():
+    # a 3 x 3 patch [3, 3, 3] (a first-layer deconvnet reconstruction) and a 3-pixel-wide crop [3, 5, 3]
+    for shape in ((3, 3, 3), (3, 5, 3), (1, 3, 3, 3)):
+        g = torch.zeros(shape)
+        g[..., 0, 0, 2] = 1.0                              # red, row 0, column 2
+        for render in (plots.gradient_image(g, percentile=100), plots.grayscale(g, percentile=100)):
+            lit = np.argwhere(render == render.max())
+            assert lit.tolist() == ([[0, 2, 0]] if render.ndim == 3 else [[0, 2]]), (shape, lit.tolist())
+    hwc = np.zeros((5, 4, 3))                              # an array ending in 3 is an [H, W, 3] image
+    hwc[1, 2, 0] = 1.0
+    assert np.argwhere(plots.gradient_image(hwc, percentile=100) == 1.0).tolist() == [[1, 2, 0]]
+
+
 def test_percentile_clipping_keeps_the_picture_from_washing_out():
     g = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.01
     g[:, 0, 0] = 100.0  # one extreme pixel
