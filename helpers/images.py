@@ -228,6 +228,9 @@ def _pil_to_rgb(img: Image.Image, name: str) -> np.ndarray:
     try:
         if mode in ("I", "F") or mode.startswith("I;16"):
             gray = _high_depth_to_uint8(img)
+            key = img.info.get("transparency")
+            if isinstance(key, (int, float)):          # a transparent grey level (PNG tRNS): white
+                gray = np.where(np.asarray(img) == key, np.uint8(255), gray)
             return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
         has_alpha = mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in img.info
         if has_alpha:
@@ -561,7 +564,7 @@ def photo(name: str) -> np.ndarray:
 # ======================================================================================
 
 
-@dataclass
+@dataclass(eq=False)      # compared by identity: the generated == would compare the image arrays
 class Example:
     """One example image of a world, with what is known about it.
 

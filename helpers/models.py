@@ -170,7 +170,9 @@ def info(model: nn.Module) -> ModelInfo:
     """Name, world, class names, normalisation and input size of a model.
 
     Models made by :func:`load` carry it; for others it is inferred from the architecture
-    (a ShapesNet -> the shapes world; a 1000-way classifier -> ImageNet).
+    (a ShapesNet -> the shapes world; anything else -> ImageNet's pre-processing, with ImageNet's
+    class names where the last linear layer has 1000 outputs (or there is none), else the names
+    ``class 0`` .. ``class k-1`` for its k outputs).
     """
     found = model.__dict__.get(_INFO_ATTR) or _INFERRED.get(model)
     if found is not None:
@@ -183,7 +185,10 @@ def info(model: nn.Module) -> ModelInfo:
     else:
         kind = type(model).__name__.lower()
         size = 299 if kind == "inception3" else 224
-        found = ModelInfo(kind, "imagenet", imagenet_classes(), IMAGENET_MEAN, IMAGENET_STD, size, False)
+        last = next((m for m in reversed(list(model.modules())) if isinstance(m, nn.Linear)), None)
+        n = 1000 if last is None else last.out_features      # a fine-tuned head: its own classes
+        classes = imagenet_classes() if n == 1000 else [f"class {i}" for i in range(n)]
+        found = ModelInfo(kind, "imagenet", classes, IMAGENET_MEAN, IMAGENET_STD, size, False)
     _INFERRED[model] = found        # kept beside the model, not on it: the model is not changed
     return found
 
@@ -229,7 +234,7 @@ def check_target(model: nn.Module, target, n: int | None = None) -> list:
     A class index out of range raises ``ValueError`` naming the valid range.
     """
     n_classes = len(info(model).classes)
-    if isinstance(target, torch.Tensor):
+    if isinstance(target, torch.Tensor) or type(target).__module__ == "numpy":   # tensors, arrays, numpy ints
         target = target.tolist()
     targets = list(target) if isinstance(target, (list, tuple)) else [target] * (n or 1)
     if n is not None and len(targets) != n:
@@ -324,7 +329,7 @@ def _probe(model: nn.Module, modules, x: torch.Tensor | None = None) -> dict:
             seen.setdefault(m, []).append((tuple(out.shape), out.dtype))
 
     handles = [m.register_forward_hook(record) for m in modules]
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]      # each module's own (a frozen backbone)
     try:
         if x is None:
             size = _probe_size(model)
@@ -336,7 +341,8 @@ def _probe(model: nn.Module, modules, x: torch.Tensor | None = None) -> dict:
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
     return seen
 
 
@@ -361,8 +367,11 @@ def channels(model: nn.Module, name) -> int:
         return module.out_channels
     if isinstance(module, nn.Linear):
         return module.out_features
-    (shape, _dtype), *_ = _probe(model, [module])[module]
-    return int(shape[1])
+    calls = _probe(model, [module]).get(module)
+    if not calls:
+        raise ValueError(f"layer {layer_name(model, module)!r} does not run in a forward pass in eval mode "
+                         f"(or gives no tensor); choose another, e.g. {last_conv_layer(model)!r}")
+    return int(calls[0][0][1])
 
 
 def relu_outputs(model: nn.Module) -> list:
@@ -417,10 +426,17 @@ def scores(out) -> torch.Tensor:
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, k: int = 5):
-    """Top-k predictions: a list (one per image) of ``(index, name, probability)`` tuples."""
+    """Top-k predictions: a list (one per image) of ``(index, name, probability)`` tuples.
+
+    ``x`` a normalised batch ``[N, 3, H, W]``; the model runs in eval mode (its own modes restored)."""
+    from . import hooks
+
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        what = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a normalised float batch [N, 3, H, W] (images.to_tensor), got {what}")
     names = class_names(model)
-    p = next(model.parameters())
-    probs = torch.softmax(scores(model(x.to(p.device))), dim=1).cpu()
+    with hooks.evaluated(model):
+        probs = torch.softmax(scores(model(as_input(model, x))).float(), dim=1).cpu()
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     return [[(int(i), names[int(i)], float(v)) for v, i in zip(vs, ids)]
             for vs, ids in zip(top.values, top.indices)]

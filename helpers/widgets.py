@@ -8,6 +8,7 @@ then ``explore(fn, ...)`` wires the same function to the controls for a live rea
 """
 from __future__ import annotations
 
+import html
 import traceback
 
 import ipywidgets as W
@@ -38,7 +39,10 @@ class ImagePicker(_Picker, W.Dropdown):
         options = [(e.name, e) for e in images.examples(model)]
         super().__init__(options=options, description="image", style=_STYLE, layout=_WIDE, **kwargs)
         if value is not None:
-            self.value = next(e for n, e in options if n == value or e is value)
+            found = [e for n, e in options if n == value or e is value]
+            if not found:
+                raise ValueError(f"no example image {value!r}; the examples: {', '.join(n for n, _ in options)}")
+            self.value = found[0]
         self.upload = W.FileUpload(accept="image/*", multiple=False, description="upload")
         self.message = W.HTML()
         self.upload.observe(self._on_upload, names="value")
@@ -58,9 +62,9 @@ class ImagePicker(_Picker, W.Dropdown):
                                  f"accepted: images up to {images.MAX_BYTES / 1e6:.0f} MB")
             img = images.load(data, name=name)
         except ValueError as e:
-            self.message.value = f"<span style='color:#b00'>{e}</span>"
+            self.message.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
             return
-        self.message.value = f"loaded {name} ({img.shape[1]} x {img.shape[0]})"
+        self.message.value = f"loaded {html.escape(name)} ({img.shape[1]} x {img.shape[0]})"
         ex = images.Example(name=f"upload: {name}", image=img, target=None)
         self.options = list(self.options) + [(ex.name, ex)]
         self.value = ex
@@ -140,7 +144,7 @@ def slider(value, lo, hi, step=None, description="", log=False):
     """An int or float slider that updates only on release."""
     kw = dict(value=value, min=lo, max=hi, description=description, style=_STYLE, layout=_WIDE,
               continuous_update=False)
-    if isinstance(value, int) and not isinstance(value, bool) and (step is None or isinstance(step, int)):
+    if not log and isinstance(value, int) and not isinstance(value, bool) and (step is None or isinstance(step, int)):
         return W.IntSlider(step=step or 1, **kw)
     if log:
         import math

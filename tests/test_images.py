@@ -161,6 +161,15 @@ def test_16bit_gray_is_scaled_not_clipped(tmp_path, fmt):
     assert (out[..., 0] == out[..., 1]).all() and (out[..., 0] == out[..., 2]).all()
 
 
+def test_16bit_gray_png_with_a_transparent_level_is_white_there(tmp_path):
+    img = Image.fromarray(np.array([[0, 65535, 30000]], dtype=np.uint16))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", transparency=30000)        # tRNS: the grey level 30000 is transparent
+    assert Image.open(io.BytesIO(buf.getvalue())).info.get("transparency") == 30000
+    out = images.load(write(tmp_path, "deep_trns.png", buf.getvalue()))
+    assert out[0, :, 0].tolist() == [0, 255, 255] and out[0, 2].tolist() == [255, 255, 255]
+
+
 def test_16bit_rgb_png(tmp_path):
     a = np.zeros((2, 2, 3), np.uint16)
     a[0, 0] = (65535, 32768, 0)

@@ -1,4 +1,5 @@
 """helpers.models: loading, the offline fallback, layers, class names (no download anywhere)."""
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -165,6 +166,65 @@ def test_check_target():
         models.check_target(m, -1)
     with pytest.raises(ValueError):
         models.check_target(m, [0, 1], 3)
+    assert models.check_target(m, np.array([2, 0]), 2) == [2, 0] and models.check_target(m, np.int64(1), 2) == [1, 1]
+
+
+def test_info_of_a_classifier_with_its_own_number_of_classes():
+    """A fine-tuned torchvision model (10 outputs) is not given ImageNet's 1000 class names: a
+    class index out of its range is a ValueError, not an index error deep in a method."""
+    m = models._build_torchvision("resnet50", None)
+    m.fc = nn.Linear(2048, 10)
+    i = models.info(m)
+    assert i.world == "imagenet" and i.classes == [f"class {k}" for k in range(10)]
+    with pytest.raises(ValueError, match=r"0\.\.9"):
+        models.check_target(m, 500)
+    assert len(models.info(models._build_torchvision("alexnet", None)).classes) == 1000
+
+
+def test_predict_checks_its_input_and_runs_in_eval_mode(archs):
+    m = archs["resnet50"]
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    m.train()
+    try:
+        stats = [b.clone() for b in m.buffers()]
+        top = models.predict(m, x.double(), k=2)               # float64 runs as the model's float32
+        assert m.training and all(torch.equal(a, b) for a, b in zip(stats, m.buffers()))   # no BatchNorm update
+    finally:
+        m.eval()
+    with torch.no_grad():
+        p = torch.softmax(m(x), 1)
+    assert [t[0][0] for t in top] == p.argmax(1).tolist() and abs(top[0][0][2] - float(p[0].max())) < 1e-5
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
+        models.predict(m, x[0])
+
+
+def test_probing_keeps_each_modules_own_mode(archs):
+    """A model in training mode with a frozen backbone (eval) keeps both after a probe."""
+    from helpers import gradients, shapes
+
+    for m, x in ((archs["vgg16"], torch.randn(1, 3, 32, 32)), (models.load("shapesnet"), shapes.batch([3])[0])):
+        m.train()
+        m.features.eval()
+        try:
+            models.conv_layers(m)
+            models.channels(m, "features.1")
+            gradients.smoothgrad(m, x, 1, samples=2)
+            assert m.training and not m.features.training and m.classifier.training
+        finally:
+            m.eval()
+
+
+def test_channels_of_a_layer_that_does_not_run_is_a_value_error():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux = nn.Conv2d(3, 4, 3), nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU())
+
+        def forward(self, x):
+            return self.body(x).mean((2, 3))
+
+    with pytest.raises(ValueError, match="'aux' does not run in a forward pass"):
+        models.channels(Net(), "aux")
 
 
 def test_predict_is_consistent_with_the_logits():

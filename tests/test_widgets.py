@@ -1,5 +1,10 @@
 """helpers.widgets: pickers and the explorer (no frontend needed)."""
+import io
+
+import ipywidgets as W
+import numpy as np
 import pytest
+from PIL import Image
 
 from helpers import images, models, widgets
 
@@ -53,3 +58,27 @@ def test_upload_too_large_or_broken_is_reported(model):
     assert "x.jpg" in ip.message.value and len(ip.options) == len(images.examples(model))
     ip._on_upload({"new": [{"name": "big.png", "content": b"0" * (images.MAX_BYTES + 1)}]})
     assert "too large" in ip.message.value
+
+
+def test_upload_the_same_file_name_twice_and_names_shown_as_text(model):
+    def png(side):
+        buf = io.BytesIO()
+        Image.fromarray(np.full((side, side + 10, 3), 90, np.uint8)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    ip = widgets.image_picker(model)
+    for side in (10, 20):                    # the second upload of cat.png is selected, not an example
+        ip._on_upload({"new": [{"name": "cat.png", "content": png(side)}]})
+        assert ip.value.name == "upload: cat.png" and ip.value.image.shape == (side, side + 10, 3)
+        assert ip.message.value == f"loaded cat.png ({side + 10} x {side})"
+    ip._on_upload({"new": [{"name": "<b>x</b>.jpg", "content": b"not an image"}]})
+    assert "<b>" not in ip.message.value and "&lt;b&gt;x&lt;/b&gt;.jpg" in ip.message.value
+
+
+def test_picker_and_slider_arguments(model):
+    with pytest.raises(ValueError, match="no example image 'no such image'; the examples: "):
+        widgets.image_picker(model, value="no such image")
+    first = images.examples(model)[0]
+    assert widgets.image_picker(model, value=first.name).value is first
+    s = widgets.slider(1, 0.01, 10, log=True)                      # an int start on a log scale
+    assert isinstance(s, W.FloatLogSlider) and (s.min, s.max, s.value) == (-2, 1, 1)
