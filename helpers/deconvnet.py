@@ -107,7 +107,7 @@ def forward_with_switches(model: nn.Module, x: torch.Tensor, layer):
     the position of the maximum of every pooling window. Explained in chapter 05, DeconvNet.
     """
     feats, stop = _index(model, layer)
-    h, records = x, []
+    h, records = models.as_input(model, x), []
     for i in range(stop + 1):
         m = feats[i]
         size = tuple(h.shape[-2:])
@@ -196,6 +196,8 @@ def _positions(maps: torch.Tensor, position) -> list:
 
 def _check_channel(act: torch.Tensor, channel, name: str) -> int:
     c = act.shape[1]
+    if isinstance(channel, torch.Tensor) and channel.numel() == 1 and not channel.is_floating_point():
+        channel = int(channel)                 # a 0-d index tensor (features.top_channels gives those)
     if isinstance(channel, bool) or not isinstance(channel, (int, np.integer)):
         raise TypeError(f"channel must be an int, got {channel!r}")
     if not 0 <= int(channel) < c:
@@ -220,8 +222,7 @@ def keep_one(act: torch.Tensor, channel: int, positions) -> torch.Tensor:
 
 def _reconstruct(model, x, layer, channel, position):
     feats, stop = _index(model, layer)
-    dev = models.device(model)
-    act, records = forward_with_switches(model, x.to(dev), layer)
+    act, records = forward_with_switches(model, models.as_input(model, x), layer)
     channel = _check_channel(act, channel, models.layer_name(model, feats[stop]))
     positions = _positions(act[:, channel], position)
     signal = keep_one(act, channel, positions)
@@ -344,13 +345,15 @@ def top_activations(model: nn.Module, images, layer, channel: int, k: int = 9, b
     x = _check_x(images)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
     feats, stop = _index(model, layer)
     name = models.layer_name(model, feats[stop])
-    dev = models.device(model)
     with hooks.frozen(model), torch.no_grad():
         maps = []
         for s in tqdm(range(0, len(x), batch_size), desc=f"{name}: pool", disable=not progress, leave=False):
-            act, _ = forward_with_switches(model, x[s:s + batch_size].to(dev), layer)
+            act, _ = forward_with_switches(model, models.as_input(model, x[s:s + batch_size]), layer)
             channel = _check_channel(act, channel, name)
             maps.append(act[:, channel].cpu())
         maps = torch.cat(maps)
@@ -412,10 +415,9 @@ def occlusion(model: nn.Module, x: torch.Tensor, target, size: int | None = None
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     windows = [(t, l) for t in _starts(h, size, stride) for l in _starts(w, size, stride)]
     jobs = [(i, t, l) for i in range(n) for (t, l) in windows]
-    dev = models.device(model)
     probs = torch.empty(len(jobs))
     with hooks.frozen(model), torch.no_grad():
-        xd = x.to(dev)
+        xd = models.as_input(model, x)
         for s in tqdm(range(0, len(jobs), batch_size), desc="occlusion", disable=not progress, leave=False):
             part = jobs[s:s + batch_size]
             xb = xd[[i for i, _, _ in part]].clone()

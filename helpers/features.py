@@ -130,6 +130,8 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layer, batch_size: int = 32)
     to the layer is computed, in batches of ``batch_size``.
     """
     x = _check_x(x, "feature_maps")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     with hooks.frozen(model):
         outs = [hooks.forward_to(model, models.as_input(model, x[i:i + batch_size]), layer).float().cpu()
                 for i in range(0, x.shape[0], batch_size)]
@@ -337,7 +339,7 @@ class FilterOptimizer:
       the image is shifted by a random ``jitter`` (up to that many pixels, wrapping around),
       the image gradient is normalised and clipped at ``grad_clip`` times its RMS, the image
       decays towards the mean colour by ``decay`` (L2 decay) and every ``blur_every`` steps is
-      blurred by a Gaussian of ``blur_sigma`` pixels. The blur is the paper's: a width of 0.5
+      blurred by a Gaussian of ``blur_sigma`` pixels (0: no blur). The blur is the paper's: a width of 0.5
       pixels every 4 steps is one of the combinations of their Table 1 (the others use 1.0
       every 4 steps, or no blur); widths below about 0.3 pixels hardly change the image. The
       decay (0.002 per step) and ``lr`` are this book's (the paper's combinations use a decay
@@ -354,6 +356,8 @@ class FilterOptimizer:
                  grad_clip: float = 3.0, rotate: float = 10.0, scale: float = 0.1):
         if param not in PARAMS:
             raise ValueError(f"unknown param {param!r}; valid: {', '.join(PARAMS)}")
+        if not (isinstance(blur_sigma, (int, float)) and math.isfinite(blur_sigma) and blur_sigma >= 0):
+            raise ValueError(f"blur_sigma must be a width in pixels >= 0 (0: no blur), got {blur_sigma!r}")
         self.model, self.param = model, param
         self.module = models.layer(model, layer)
         self.layer = models.layer_name(model, self.module)
@@ -389,7 +393,7 @@ class FilterOptimizer:
             noise = torch.cat([torch.randn(1, 3, h, w, generator=g) for g in gens]).to(self.device)
             self.x = (noise * 0.02 / self.std).requires_grad_(True)
             self.tensor = self.x
-            if self.param == "regularized":
+            if self.param == "regularized" and self.blur_sigma > 0:
                 self._kernel = _gaussian_kernel(self.blur_sigma, self.device)
         else:
             coeffs = torch.cat([torch.randn(1, 3, h, w // 2 + 1, 2, generator=g) for g in gens])
@@ -482,7 +486,7 @@ class FilterOptimizer:
             g = g.div_(rms).clamp_(-self.grad_clip, self.grad_clip)   # clip the *image* gradient
             x.add_(g, alpha=self.lr)
             x.mul_(1 - self.decay)                                      # L2 decay (towards the mean)
-            if self.blur_every and (self.t + 1) % self.blur_every == 0:
+            if self.blur_every and self.blur_sigma > 0 and (self.t + 1) % self.blur_every == 0:
                 k = self._kernel
                 r = k.shape[-1] // 2
                 x.copy_(F.conv2d(F.pad(x, (r, r, r, r), mode="reflect"), k, groups=3))
@@ -703,7 +707,7 @@ def invert(model: nn.Module, x: torch.Tensor, layer, steps: int = 200, lr: float
     :data:`V_PIXEL`), so each regulariser is about 1 for a natural image. The default
     ``lambda_tv`` suits early layers, whose representation pins the image down; deep layers need
     a larger one (the paper tunes it per layer; chapter 18 raises it with depth). Starts from faint
-    noise (``seed``); Adam with learning rate ``lr`` (normalised units) decayed by a cosine
+    noise (image i from ``seed + i``: a batch gives each image what a call for it alone gives); Adam with learning rate ``lr`` (normalised units) decayed by a cosine
     schedule; pixels kept in the valid range. ``layer`` can be any layer: a conv or ReLU,
     ``avgpool``, or a linear layer (``classifier``, ``classifier.6``, the logits).
     Returns a tensor like ``x``; with ``return_history`` also the objective per step
@@ -719,8 +723,10 @@ def invert(model: nn.Module, x: torch.Tensor, layer, steps: int = 200, lr: float
     mean, std = _stats(model, device)
     lo, hi = _pixel_range(model, device)
     n, _, h, w = x0.shape
-    gen = torch.Generator().manual_seed(int(seed))
-    xr = (torch.randn(x0.shape, generator=gen).to(device) * 0.02 / std).requires_grad_(True)
+    # image i starts from its own noise (seed + i): its result does not depend on the rest of the batch
+    noise = torch.cat([torch.randn((1,) + x0.shape[1:], generator=torch.Generator().manual_seed(int(seed) + i))
+                       for i in range(n)])
+    xr = (noise.to(device) * 0.02 / std).requires_grad_(True)
     opt = torch.optim.Adam([xr], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps), eta_min=lr * 0.05)
     history = torch.zeros(steps, n)

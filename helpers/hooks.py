@@ -11,6 +11,7 @@ every parameter and the same train/eval mode. (:func:`evaluated`, the light one 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -160,6 +161,32 @@ def _enclosing(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else "the block that contains it"
 
 
+def _shared_module_error(model: nn.Module, name: str) -> ValueError:
+    return ValueError(
+        f"layer {name!r} runs more than once in one forward pass of {models.info(model).name} "
+        f"(a shared module, like ResNet's 'relu' that follows each conv of a block), so its output "
+        f"is ambiguous; capture the enclosing block instead, e.g. {_enclosing(name)!r}")
+
+
+#: per model: id(module) -> how many times it runs in one forward pass (found once, by a probe)
+_CALLS: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _check_runs_once(model: nn.Module, module: nn.Module, name: str) -> None:
+    """A forward pass stopped right after the layer's first call cannot see a second one: a probe
+    (once per model and layer) counts the calls, so ``stop=True`` refuses a shared module too."""
+    counts = _CALLS.setdefault(model, {})
+    n = counts.get(id(module))
+    if n is None:
+        try:
+            n = len(models._probe(model, [module]).get(module, []))
+        except Exception:      # a model the probe's black image does not fit: the stop's own checks remain
+            return
+        counts[id(module)] = n
+    if n > 1:
+        raise _shared_module_error(model, name)
+
+
 @contextlib.contextmanager
 def capture(model: nn.Module, layer, stop: bool = False, leaf: bool = False):
     """Record a layer's output (``.activations``) and, after a backward, its gradient (``.gradients``).
@@ -195,6 +222,8 @@ def _capture_hooks(model: nn.Module, module: nn.Module, stop: bool = False, leaf
     ``once=True``, for a caller that runs the model once while the hooks are on: the count of the
     layer's calls starts at zero here instead of at each forward pass (no hook on the model)."""
     name = models.layer_name(model, module)
+    if stop:
+        _check_runs_once(model, module, name)
     cap = Capture(name=name, module=module)
 
     def reset(_module, _inputs):
@@ -206,10 +235,7 @@ def _capture_hooks(model: nn.Module, module: nn.Module, stop: bool = False, leaf
     def record(_module, _inputs, output):
         cap.calls += 1
         if cap.calls > 1:
-            raise ValueError(
-                f"layer {name!r} runs more than once in one forward pass of {models.info(model).name} "
-                f"(a shared module, like ResNet's 'relu' that follows each conv of a block), so its output "
-                f"is ambiguous; capture the enclosing block instead, e.g. {_enclosing(name)!r}")
+            raise _shared_module_error(model, name)
         if not isinstance(output, torch.Tensor):
             raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a tensor; choose another layer")
         if leaf and not output.requires_grad and torch.is_grad_enabled():

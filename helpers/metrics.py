@@ -260,6 +260,8 @@ def blur(x: torch.Tensor, sigma: float = 5.0) -> torch.Tensor:
     ``mode="mirror"``).
     Explained in chapter 24, Can we trust the maps?
     """
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (sigma > 0 and math.isfinite(sigma)):
+        raise ValueError(f"sigma must be a width in pixels > 0, got {sigma!r}")
     r = max(1, min(int(round(3 * sigma)), x.shape[-1] - 1, x.shape[-2] - 1))
     t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
     g = torch.exp(-t ** 2 / (2 * sigma ** 2))
@@ -450,15 +452,23 @@ def randomize_layers(model: nn.Module, layers, seed: int = 0) -> nn.Module:
     Each layer gets He-initialised weights (``N(0, 2 / fan_in)``), small random biases, and
     batch norms a fresh state; the random numbers of a layer depend only on its name and
     ``seed``, so randomising layers one by one (the cascade) or all at once gives the same
-    weights. The caller's model is not changed.
+    weights. A block (``"features"``, ``"layer4"``) randomises every layer inside it, each as
+    if named alone; a layer without weights (a ReLU, a pooling) raises ``ValueError``.
+    The caller's model is not changed.
     Explained in chapter 24, Can we trust the maps?
     """
     if isinstance(layers, (str, nn.Module)):
         layers = [layers]
     names = [models.layer_name(model, models.layer(model, name)) for name in layers]
+    for name in names:
+        if next(models.layer(model, name).parameters(), None) is None:
+            raise ValueError(f"layer {name!r} has no weights to randomise; choose one of "
+                             f"{', '.join(parameter_layers(model))} or a block that holds them")
     rnd = copy.deepcopy(model)
     for name in names:
-        _reinit(models.layer(rnd, name), _layer_generator(name, seed))
+        for sub, module in models.layer(rnd, name).named_modules():
+            full = f"{name}.{sub}" if sub else name
+            _reinit(module, _layer_generator(full, seed))
     return rnd.eval() if not model.training else rnd
 
 

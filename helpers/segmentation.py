@@ -402,6 +402,8 @@ def segment(model: nn.Module, x: torch.Tensor, batch_size: int = 32) -> torch.Te
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"x must be a normalised batch [N, 3, H, W], got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     with hooks.frozen(model), torch.no_grad():
         out = [model(models.as_input(model, x[i:i + batch_size])).argmax(1).cpu()
                for i in range(0, len(x), batch_size)]
@@ -573,7 +575,8 @@ def train(out_dir=None, seed: int = 0, steps: int = 2600, batch_size: int = 16, 
       steps, against 0.91 fine-tuned, measured on 300 held-out seeds with 1, 2 and 3 objects:
       900 scenes).
     * **Architecture**: ``arch`` (keyword arguments of :class:`DeconvNet`, default
-      :data:`DEFAULT_ARCH`); with ``pretrained`` the encoder's blocks are ShapesNet's.
+      :data:`DEFAULT_ARCH`); the encoder's blocks are ShapesNet's, with ``pretrained`` and
+      without it (random weights) unless ``arch`` gives the encoder's ``widths`` or ``convs``.
     * **Data**: every step draws ``batch_size`` fresh scenes (seeds from 1 000 000 upward,
       never the held-out ones) with 1, 2 or 3 objects each, and their label maps.
     * **Loss**: the pixel-wise cross-entropy, the background's weight ``background_weight``
@@ -597,6 +600,8 @@ def train(out_dir=None, seed: int = 0, steps: int = 2600, batch_size: int = 16, 
     threads = int(threads or 1)
     old_threads = torch.get_num_threads()
     old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    old_rng = torch.get_rng_state()             # the caller's global random state, given back at the end
     torch.set_num_threads(threads)
     # max_unpool2d's backward is flagged as possibly non-deterministic because indices could
     # collide; 2 x 2 pooling with stride 2 gives distinct indices within a channel, and channels
@@ -617,8 +622,10 @@ def train(out_dir=None, seed: int = 0, steps: int = 2600, batch_size: int = 16, 
             sn_path = shapes.MODELS_DIR / "shapesnet.pt"
             source = {"model": "shapesnet", "sha256": hashlib.sha256(sn_path.read_bytes()).hexdigest(),
                       "calibration_seeds": [calib[0], calib[-1]], "frozen": bool(freeze_encoder)}
-        else:
+        elif "widths" in arch or "convs" in arch:
             model = DeconvNet(**arch)
+        else:                                   # the pretrained run's shape, from random weights
+            model = deconvnet_like(shapes.ShapesNet(), **arch)
         frozen = pretrained and freeze_encoder
         model = model.to(memory_format=torch.channels_last)
         for p in model.encoder.parameters():
@@ -695,8 +702,9 @@ def train(out_dir=None, seed: int = 0, steps: int = 2600, batch_size: int = 16, 
         js.write_text(json.dumps(meta, indent=2) + "\n")
         return meta
     finally:
-        torch.use_deterministic_algorithms(old_det)
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
         torch.set_num_threads(old_threads)
+        torch.set_rng_state(old_rng)
 
 
 def _main(argv=None):

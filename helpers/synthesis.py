@@ -187,7 +187,7 @@ def class_image(model: nn.Module, target, steps: int = 100, regularization: str 
 
     ``target`` is a class index or a list (one image per class, optimised together).
     ``start``: ``"zeros"`` (the mean image, as in the paper) or ``"random"`` (uniform pixel
-    noise drawn from ``seed``). Returns ``x`` on the CPU, ``[1, 3, S, S]`` (``[N, 3, S, S]`` for
+    noise, image i drawn from ``seed + i``, so it does not depend on the rest of the batch). Returns ``x`` on the CPU, ``[1, 3, S, S]`` (``[N, 3, S, S]`` for
     N classes) with ``S = size`` (default the model's input size). With ``return_info=True``
     returns ``(x, info)``: ``info["score"]`` and ``info["probability"]`` are ``[steps, N]``
     tensors of the target's score and softmax probability at each step (as the jittered
@@ -217,7 +217,9 @@ def class_image(model: nn.Module, target, steps: int = 100, regularization: str 
     if start == "zeros":
         x = torch.zeros(n, 3, size, size, device=device)
     else:
-        x = from_pixels(model, torch.rand(n, 3, size, size, generator=gen).to(device))
+        # image i from its own generator (seed + i): its result does not depend on the rest of the batch
+        x = from_pixels(model, torch.cat([torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(int(seed) + i))
+                                          for i in range(n)]).to(device))
     rows = torch.arange(n, device=device)
     t = torch.tensor(targets, device=device)
     scores, probs = [], []
@@ -270,7 +272,8 @@ def fooling_image(model: nn.Module, target, confidence: float = 0.99, max_steps:
 
     Explained in chapter 20, Fooling images (Nguyen, Yosinski & Clune 2015, gradient ascent).
 
-    Starts from uniform random pixel noise (drawn from ``seed``) and takes gradient steps on
+    Starts from uniform random pixel noise (image i drawn from ``seed + i``: a batch gives each
+    image what a call for it alone with that seed gives) and takes gradient steps on
     the log softmax probability of the target,
 
         p <- clamp(p + step_size * g / mean|g|, 0, 1),   g = d log softmax(f(x))_c / dp,
@@ -293,8 +296,9 @@ def fooling_image(model: nn.Module, target, confidence: float = 0.99, max_steps:
     size = _size(model, size)
     n = len(targets)
     device = models.device(model)
-    gen = torch.Generator().manual_seed(int(seed))
-    p = torch.rand(n, 3, size, size, generator=gen).to(device)
+    # image i from its own generator (seed + i): its result does not depend on the rest of the batch
+    p = torch.cat([torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(int(seed) + i))
+                   for i in range(n)]).to(device)
     t = torch.tensor(targets, device=device)
     steps = torch.zeros(n, dtype=torch.long)
     prob = torch.zeros(n)
@@ -366,7 +370,7 @@ def evolve(model: nn.Module, targets=None, generations: int = 200, offspring: in
             raise ValueError(f"{models.info(model).name} has {n_classes} classes: give the target classes "
                              f"to evolve, e.g. targets=[1, 2, 3] (indices 0..{n_classes - 1})")
         targets = list(range(n_classes))
-    targets, _ = _targets(model, list(targets) if not isinstance(targets, int) else [targets])
+    targets, _ = _targets(model, targets)
     generations = int(_nonneg(generations, "generations"))
     offspring = _positive_int(offspring, "offspring")
     batch_size = _positive_int(batch_size, "batch_size")

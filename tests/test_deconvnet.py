@@ -189,6 +189,24 @@ def test_position_and_channel(net, scenes_x):
             assert rec[n].abs().max() == 0  # a dead activation reconstructs to nothing
 
 
+def test_a_float64_batch_and_a_tensor_channel_are_accepted(net, scenes_x):
+    """A float64 batch runs as the model's float32 (models.as_input), as in the other modules; a
+    channel may be the 0-d index tensor that features.top_channels gives."""
+    x, y = scenes_x
+    x, y = x[:2], y[:2].tolist()
+    layer = "features.9"
+    rec = deconvnet.reconstruct(net, x, layer, 5)
+    torch.testing.assert_close(deconvnet.reconstruct(net, x.double(), layer, torch.tensor(5)), rec)
+    act, _ = deconvnet.forward_with_switches(net, x.double(), layer)
+    assert act.dtype == torch.float32
+    top = deconvnet.top_activations(net, x.double(), layer, 5, k=2, progress=False)
+    assert [t.value for t in top] == [t.value for t in deconvnet.top_activations(net, x, layer, 5, k=2, progress=False)]
+    torch.testing.assert_close(deconvnet.occlusion(net, x.double(), y, size=48, stride=40, progress=False),
+                               deconvnet.occlusion(net, x, y, size=48, stride=40, progress=False))
+    with pytest.raises(TypeError, match="channel must be an int"):
+        deconvnet.reconstruct(net, x, layer, torch.tensor(5.0))
+
+
 def test_top_activations(net):
     x, _ = shapes.batch(range(16))
     layer, channel = "features.9", 4
@@ -283,6 +301,15 @@ def test_model_unchanged_and_errors(net, scenes_x, vgg16):
     assert snapshot(net) == before
     with pytest.raises(ValueError, match="outside"):
         deconvnet.reconstruct(net, x[:1], "features.14", 0, position=(16, 0))
+    from helpers import features, segmentation
+
+    for bad in (0, -2, 2.5):                     # a clear message, not range()'s or torch.cat's
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            deconvnet.top_activations(net, x, "features.4", 0, k=3, batch_size=bad, progress=False)
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            features.feature_maps(net, x, "features.4", batch_size=bad)
+        with pytest.raises(ValueError, match="batch_size must be a positive int"):
+            segmentation.segment(net, x, batch_size=bad)
     with pytest.raises(ValueError, match="not in features"):
         deconvnet.reconstruct(net, x[:1], "classifier", 0)
     with pytest.raises(ValueError, match="unknown layer"):

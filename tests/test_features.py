@@ -145,6 +145,21 @@ def test_regularized_steps_match_hand_written_steps_with_the_papers_blur(net):
     assert F.conv2d(F.pad(checker, (2, 2, 2, 2), mode="reflect"), k, groups=3).abs().mean() < 0.5
 
 
+def test_regularized_without_blur(net):
+    """blur_sigma=0 is no blur (it made the whole image NaN: a Gaussian of width 0); negative is refused."""
+    kw = dict(param="regularized", seed=3, size=32, steps=4)
+    with features.FilterOptimizer(net, "features.3", 4, blur_sigma=0, **kw) as opt:
+        for _ in range(4):
+            opt.step()
+        x0 = opt.x.detach().clone()
+    with features.FilterOptimizer(net, "features.3", 4, blur_every=0, **kw) as opt:
+        for _ in range(4):
+            opt.step()
+        assert torch.equal(x0, opt.x.detach()) and bool(torch.isfinite(x0).all())
+    with pytest.raises(ValueError, match="blur_sigma must be a width in pixels >= 0"):
+        features.FilterOptimizer(net, "features.3", 4, blur_sigma=-0.5, **kw)
+
+
 def test_filter_optimizer_step_matches_a_hand_written_step(net):
     """One pixel step = the normalised gradient of the channel's mean, computed independently."""
     layer, c = "features.3", 4
@@ -273,6 +288,14 @@ def test_regularisers_equal_loops():
                     ref[n] += ((a[n, c, i, j + 1] - a[n, c, i, j]) ** 2 + (a[n, c, i + 1, j] - a[n, c, i, j]) ** 2) ** 1.5
     assert np.allclose(features.total_variation(x, beta=3).numpy(), ref, rtol=1e-4)
     assert torch.allclose(features.alpha_norm(x, 6), (x ** 6).sum((1, 2, 3)))
+
+
+def test_invert_of_a_batch_is_the_one_image_runs(net, scenes):
+    """Image i of a batch starts from the noise of seed + i, and the objective is per image."""
+    x, _ = scenes
+    both = features.invert(net, x[:2], "features.4", steps=5, seed=3, progress=False)
+    alone = features.invert(net, x[1:2], "features.4", steps=5, seed=4, progress=False)
+    torch.testing.assert_close(both[1:], alone, rtol=0, atol=1e-5)
 
 
 def test_invert_early_layer_reproduces_the_representation(net, scenes):

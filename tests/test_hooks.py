@@ -157,6 +157,21 @@ def test_capture_shared_module_raises_and_suggests_block():
             pass
 
 
+def test_a_forward_pass_stopped_at_a_shared_module_is_refused_too():
+    """Stopped right after the first call, the pass cannot see the second one: a probe counts them."""
+    from helpers import features
+
+    r = models._build_torchvision("resnet50", None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    before = snapshot(r)
+    for run in (lambda: hooks.forward_to(r, x, "layer1.0.relu"),
+                lambda: features.feature_maps(r, x, "layer1.0.relu")):
+        with pytest.raises(ValueError, match=r"'layer1\.0\.relu' runs more than once.*'layer1\.0'"):
+            run()
+    assert snapshot(r) == before
+    assert torch.equal(hooks.forward_to(r, x, "layer1.0"), features.feature_maps(r, x, "layer1.0"))
+
+
 def test_forward_to_stops_at_the_layer():
     net = ModuleNet()
     calls = []

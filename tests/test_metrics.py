@@ -197,6 +197,9 @@ def test_curve_errors(pixel_model):
         metrics.deletion(pixel_model, x, 1, torch.zeros(1, 8, 8))
     with pytest.raises(ValueError, match="substrate"):
         metrics.insertion(pixel_model, x, 1, torch.zeros(1, 16, 16), substrate="noise")
+    for sigma in (0, -1.0, float("nan")):                  # a Gaussian of width 0 divides 0 by 0: NaN areas
+        with pytest.raises(ValueError, match="sigma must be a width in pixels > 0"):
+            metrics.insertion(pixel_model, x, 1, torch.zeros(1, 16, 16), sigma=sigma)
     with pytest.raises(ValueError, match="steps"):
         metrics.deletion(pixel_model, x, 1, torch.zeros(1, 16, 16), steps=0)
     with pytest.raises(ValueError, match="out of range"):
@@ -243,6 +246,13 @@ def test_randomize_layers_copies_and_is_order_free(net):
     assert same(state(one), state(two))
     w = metrics.randomize_layers(net, "features.0").features[0].weight
     assert float(w.detach().std()) == pytest.approx((2 / 27) ** 0.5, rel=0.3)      # He initialisation
+    # a block randomises every layer in it, each as if named alone; a layer without weights is refused
+    block = metrics.randomize_layers(net, "features", seed=3)
+    alone = metrics.randomize_layers(net, [n for n in layers if n.startswith("features.")], seed=3)
+    assert same(state(block), state(alone)) and not torch.equal(block.features[0].weight, net.features[0].weight)
+    assert torch.equal(block.classifier.weight, net.classifier.weight)
+    with pytest.raises(ValueError, match="'features.1' has no weights to randomise; choose one of classifier, "):
+        metrics.randomize_layers(net, "features.1")
 
 
 def test_randomization_test_destroys_the_gradient_not_the_image(net, batch):

@@ -308,6 +308,26 @@ def test_training_is_deterministic_and_loads(tmp_path):
     assert not torch.are_deterministic_algorithms_enabled()  # restored
 
 
+def test_training_from_scratch_with_the_default_architecture_gives_back_the_global_state(tmp_path):
+    """pretrained=False with the default arch trains ShapesNet's encoder shape from random weights
+    (it failed: the default decoder widths did not fit DeconvNet's default encoder); the caller's
+    global random state and deterministic-algorithms settings are as they were."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        torch.manual_seed(123)
+        expected = torch.rand(3)
+        torch.manual_seed(123)
+        segmentation.train(out_dir=tmp_path, steps=1, batch_size=2, held_out=1, progress=False, threads=1,
+                           pretrained=False)
+        assert torch.equal(torch.rand(3), expected)
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    model = segmentation.load_model(models_dir=tmp_path)
+    assert model.widths == tuple(b[-1].out_channels for b in segmentation._classifier_blocks(shapes.ShapesNet()))
+    assert model.decoder_widths == segmentation.DEFAULT_ARCH["decoder_widths"]
+
+
 def test_unpooling_can_be_swapped_for_a_training_run(tmp_path, monkeypatch):
     """Chapter 23, exercise 1: patching DeconvNet.unpool_at reaches every unpooling of train."""
     kw = dict(steps=2, batch_size=2, lr=1e-2, held_out=1, progress=False, arch=TINY,

@@ -116,6 +116,10 @@ def test_class_image_seed_and_jitter(net):
     b = synthesis.class_image(net, 2, steps=5, jitter=6, start="random", seed=1, progress=False)
     c = synthesis.class_image(net, 2, steps=5, jitter=6, start="random", seed=2, progress=False)
     assert torch.equal(a, b) and not torch.equal(a, c)
+    # image i of a batch starts from the noise of seed + i: what the one-image run with that seed gives
+    both = synthesis.class_image(net, [5, 2], steps=5, start="random", seed=1, progress=False)
+    alone = synthesis.class_image(net, 2, steps=5, start="random", seed=2, progress=False)
+    torch.testing.assert_close(both[1:], alone, rtol=0, atol=1e-5)
 
 
 def test_class_image_errors(net):
@@ -170,11 +174,14 @@ def test_fooling_image_reaches_confidence_and_counts_steps(net):
     assert_valid(net, x)
     p = probs(net, x)
     assert float(p[0, 0]) >= 0.99 and float(p[1, 7]) >= 0.99
-    # the stop rule: with one step fewer the image had not reached the confidence yet
+    # the stop rule: with one step fewer the image had not reached the confidence yet (image i of
+    # the batch is the one-image run with seed i)
     for i, c in enumerate((0, 7)):
         s = info["steps"][i]
         assert s >= 1
-        y, inf2 = synthesis.fooling_image(net, c, max_steps=s - 1, progress=False, return_info=True)
+        alone = synthesis.fooling_image(net, c, max_steps=300, seed=i, progress=False)
+        torch.testing.assert_close(alone, x[i:i + 1], rtol=0, atol=1e-5)
+        y, inf2 = synthesis.fooling_image(net, c, max_steps=s - 1, seed=i, progress=False, return_info=True)
         assert not inf2["reached"] and inf2["steps"] == s - 1
     # one target -> scalars; the first image of a batch is the same as when alone (same noise)
     y, inf3 = synthesis.fooling_image(net, 0, max_steps=300, progress=False, return_info=True)
@@ -199,6 +206,13 @@ def test_fooling_image_errors(net):
         synthesis.fooling_image(net, K + 2, progress=False)
     with pytest.raises(ValueError, match="confidence"):
         synthesis.fooling_image(net, 1, confidence=1.5, progress=False)
+
+
+def test_evolve_takes_one_target_in_any_integer_form(net):
+    ref, _ = synthesis.evolve(net, targets=3, generations=2, offspring=2, progress=False)
+    for t in (np.int64(3), torch.tensor(3), [3]):
+        x, _ = synthesis.evolve(net, targets=t, generations=2, offspring=2, progress=False)
+        assert torch.equal(x, ref)
 
 
 def test_evolve_is_monotone_and_reports_truthfully(net):
