@@ -18,6 +18,7 @@ Explained in the README ("Teach with it") and in chapter 00's assignment.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import re
 import sys
@@ -29,7 +30,40 @@ BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = "raise NotImplementedError()"
 NOTE = ("**Student version.** Write your code where a cell says `raise NotImplementedError()`, "
         "then run the check cell that follows it: it tells you whether your implementation is right. "
-        "Only those cells are graded: put what your code needs (imports, helper functions) inside them.")
+        "Only those cells are graded: put what your code needs (imports, helper functions) inside them. "
+        "Calling the `helpers` function that the check compares with is not an implementation: the "
+        "grader reports it. Keep the chapter number in the file name (`08_...`).")
+
+#: Per chapter, what computes the assignment's answer for you: the helper (or torch function) that the
+#: check compares with. A submission that calls one passes the check without implementing anything;
+#: :func:`grade` reports it ("uses the reference"). Written as the last two parts of the dotted name.
+REFERENCES = {
+    "00": ("images.to_tensor",),
+    "01": ("features.feature_maps",),
+    "02": ("gradients.vanilla", "gradients._input_gradient"),
+    "03": ("gradients.saliency",),
+    "04": ("gradients.guided", "hooks.relu_rule"),
+    "05": ("deconvnet.step_down", "deconvnet.reconstruct", "deconvnet.unpool"),
+    "06": ("gradients.grad_x_image", "gradients.make_baseline"),
+    "07": ("gradients.integrated_gradients",),
+    "08": ("gradients.smoothgrad",),
+    "09": ("lrp.linear_epsilon", "lrp.propagate", "lrp.lrp", "gradients.lrp"),
+    "10": ("cam.cam_map", "cam.cam"),
+    "11": ("cam.grad_cam_map", "cam.grad_cam"),
+    "12": ("cam.guided_grad_cam",),
+    "13": ("cam.grad_cam_pp_map", "cam.grad_cam_pp"),
+    "14": ("cam.score_cam_weights", "cam.score_cam", "cam._mask_logits"),
+    "15": ("cam.layer_cam_map", "cam.layer_cam"),
+    "16": ("features.FilterOptimizer",),
+    "17": ("features.dream_step", "features.deep_dream"),
+    "18": ("features.total_variation",),
+    "19": ("synthesis.class_image",),
+    "20": ("synthesis.fooling_image",),
+    "21": ("synthesis.pgd",),
+    "22": ("segmentation.grabcut_seeds",),
+    "23": ("F.max_unpool2d", "functional.max_unpool2d", "nn.MaxUnpool2d", "net.unpool"),
+    "24": ("metrics.pointing_game",),
+}
 
 # the assignment's note about the book's folded solution, and what a student's copy says instead
 _BOOK_NOTE = re.compile(r"In the rendered book the solution below is folded.*?the implementation is right\.", re.DOTALL)
@@ -107,6 +141,34 @@ def student_notebook(nb: dict) -> dict:
     return nb
 
 
+def references_used(source: str, chapter: str) -> list:
+    """The names of ``REFERENCES[chapter]`` that ``source`` (a cell's code) refers to, in order: as an
+    attribute (``lrp.linear_epsilon``, ``torch.nn.functional.max_unpool2d``) or imported by name
+    (``from helpers.lrp import linear_epsilon``). Code that does not parse refers to nothing."""
+    wanted = REFERENCES.get(chapter, ())
+    code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    seen = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Attribute):
+            parts, v = [node.attr], node.value
+            while isinstance(v, ast.Attribute):
+                parts.append(v.attr)
+                v = v.value
+            if isinstance(v, ast.Name):
+                parts.append(v.id)
+            if len(parts) >= 2:
+                names.append(f"{parts[1]}.{parts[0]}")
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names += [f"{node.module.rsplit('.', 1)[-1]}.{a.name}" for a in node.names]
+        seen += [n for n in names if n in wanted and n not in seen]
+    return seen
+
+
 def chapters(book: Path = BOOK) -> list:
     """The chapter notebooks that carry an assignment, in order."""
     return [p for p in sorted(Path(book).glob("[0-9][0-9]_*.ipynb")) if BEGIN in p.read_text()]
@@ -134,7 +196,7 @@ class Grade:
     path: str
     chapter: str
     passed: bool
-    status: str            # "passed", "not implemented", "check failed", "error", "not matched", "unreadable"
+    status: str   # "passed", "not implemented", "check failed", "uses the reference", "error", "not matched", "unreadable"
     message: str = ""
 
     def __str__(self) -> str:
@@ -172,14 +234,44 @@ def _answers(submission: dict, original: dict) -> dict:
     return out
 
 
-def grade(path, book: Path = BOOK, timeout: int = 600, offline: bool = True) -> Grade:
+def _chapter_of(path: Path, submission, book: Path, number=None) -> Path:
+    """The chapter a submission answers: ``number`` if given; else a chapter's file stem anywhere in
+    the file name (``Copy of 08_smoothgrad.ipynb``, ``alice_08_smoothgrad.ipynb``); else the ids of
+    its cells (``build`` keeps the chapter's, so a renamed file is still found); else a chapter
+    number ``NN_`` in the name. ``ValueError`` if none."""
+    every = chapters(book)
+    if number is not None:
+        found = [p for p in every if p.name[:2] == str(number).zfill(2)]
+        if not found:
+            raise ValueError(f"no chapter numbered {number!r}")
+        return found[0]
+    named = [p for p in every if p.stem in path.name]
+    if named:
+        return max(named, key=lambda p: len(p.stem))
+    ids = {c.get("id") for c in (submission or {}).get("cells", []) if c.get("id")}
+    if ids:
+        for p in every:
+            solutions = {c.get("id") for c in json.loads(p.read_text())["cells"]
+                         if c.get("cell_type") == "code" and BEGIN in _source(c)}
+            if solutions & ids:
+                return p
+    numbered = [p for m in re.finditer(r"(?<!\d)(\d\d)_", path.name) for p in every if p.name[:2] == m.group(1)]
+    if numbered:
+        return numbered[0]
+    raise ValueError(f"{path.name}: no chapter found: keep the chapter's number in the file name, as the "
+                     f"student versions have it (e.g. 08_smoothgrad.ipynb), or give it (--chapter 08)")
+
+
+def grade(path, book: Path = BOOK, timeout: int = 600, offline: bool = True, chapter=None) -> Grade:
     """Grade a student's notebook with the chapter's own checks.
 
     The student's assignment cells are put into the chapter in place of its solutions, and the
     chapter runs from the top to the check cell after the last assignment, in a fresh kernel
     (``offline``: in the offline world, as the tests run, ``CNNVIS_OFFLINE=1``). Only the
     assignment cells come from the submission, so an edited check grades nothing. The chapter is
-    found by the submission's file name (``08_smoothgrad.ipynb``, or ``08_...`` with any suffix).
+    ``chapter`` (its number) if given, else found from the file name or the notebook's cell ids
+    (:func:`_chapter_of`). A submission whose check passes but whose assignment cell calls the
+    helper that the check compares with (``REFERENCES``) is "uses the reference", not "passed".
     """
     import os
 
@@ -188,16 +280,14 @@ def grade(path, book: Path = BOOK, timeout: int = 600, offline: bool = True) -> 
     from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
 
     path = Path(path)
-    matches = [p for p in chapters(book) if path.name[:3] == p.name[:3]]
-    if not matches:
-        raise ValueError(f"{path.name}: the file name must start with a chapter number, as the student "
-                         f"versions do (e.g. 08_smoothgrad.ipynb)")
-    chapter = matches[0]
-    original = json.loads(chapter.read_text())
     try:
-        submission = json.loads(path.read_text())
+        submission, unreadable = json.loads(path.read_text()), None
     except (OSError, ValueError) as e:   # missing, not text, not JSON: grade the others
-        return Grade(str(path), chapter.stem, False, "unreadable", f"{type(e).__name__}: {str(e)[:200]}")
+        submission, unreadable = None, f"{type(e).__name__}: {str(e)[:200]}"
+    chapter = _chapter_of(path, submission, book, chapter)
+    if unreadable:
+        return Grade(str(path), chapter.stem, False, "unreadable", unreadable)
+    original = json.loads(chapter.read_text())
     try:
         answers = _answers(submission, original)
     except (LookupError, TypeError) as e:
@@ -212,6 +302,7 @@ def grade(path, book: Path = BOOK, timeout: int = 600, offline: bool = True) -> 
         if c.cell_type == "code":
             c.outputs = []
     env = {**os.environ, **({"CNNVIS_OFFLINE": "1"} if offline else {})}
+    _install_kernel_wakeup()
     try:
         NotebookClient(nb, timeout=timeout, kernel_name="python3",
                        resources={"metadata": {"path": str(book)}}).execute(env=env)
@@ -233,7 +324,23 @@ def grade(path, book: Path = BOOK, timeout: int = 600, offline: bool = True) -> 
     except (CellTimeoutError, DeadKernelError) as e:   # a student's endless loop or crash: grade the others
         what = f"a cell ran past {timeout} s" if isinstance(e, CellTimeoutError) else "the kernel died"
         return Grade(str(path), chapter.stem, False, "error", what)
+    used = [name for src in answers.values() for name in references_used(src, chapter.name[:2])]
+    if used:
+        return Grade(str(path), chapter.stem, False, "uses the reference",
+                     f"the check passed, but the assignment cell calls {', '.join(used)}, which the check "
+                     f"compares with: that is the book's implementation, not the student's")
     return Grade(str(path), chapter.stem, True, "passed")
+
+
+def _install_kernel_wakeup() -> None:
+    """The book's fix for kernels whose reply nbclient misses until a cell's timeout (book/_ext)."""
+    ext = Path(__file__).resolve().parent.parent / "book" / "_ext"
+    if (ext / "kernel_wakeup.py").exists():
+        if str(ext) not in sys.path:
+            sys.path.insert(0, str(ext))
+        import kernel_wakeup
+
+        kernel_wakeup.install()
 
 
 def _main(argv=None) -> int:
@@ -247,12 +354,14 @@ def _main(argv=None) -> int:
     g.add_argument("notebooks", nargs="+", help="the students' notebooks (file names as written by build)")
     g.add_argument("--online", action="store_true", help="grade in the ImageNet world (default: offline)")
     g.add_argument("--timeout", type=int, default=600, help="seconds per cell (600)")
+    g.add_argument("--chapter", help="the chapter number of every notebook given (default: from each "
+                                     "file's name or cells)")
     args = parser.parse_args(argv)
     if args.command == "grade":
         grades = []
         for p in args.notebooks:   # a file that names no chapter is reported, and the others graded
             try:
-                grades.append(grade(p, timeout=args.timeout, offline=not args.online))
+                grades.append(grade(p, timeout=args.timeout, offline=not args.online, chapter=args.chapter))
             except ValueError as e:
                 grades.append(Grade(str(p), "-", False, "not matched", str(e)))
         for r in grades:
@@ -263,6 +372,14 @@ def _main(argv=None) -> int:
     for p in written:
         print(p)
     print(f"{len(written)} student notebooks written to {args.out}")
+    root = BOOK.parent
+    if written and root not in Path(args.out).resolve().parents:
+        print(f"note: {args.out} is outside the repository; the notebooks' setup cell finds helpers/ only "
+              f"in a clone of it (students put them in the clone's student/ folder) or in Colab")
+    if not written:
+        print(f"no chapter matches {' '.join(args.chapters or [])}: chapters are 00 to "
+              f"{chapters()[-1].name[:2]}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -52,8 +52,11 @@ class ImagePicker(_Picker, W.Dropdown):
         files = change["new"]
         if not files:
             return
-        f = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
-        name = f["name"] if isinstance(f, dict) else getattr(f, "name", "upload")
+        if isinstance(files, dict):       # ipywidgets 7 (Colab): {name: {"metadata": {...}, "content": bytes}}
+            name, f = next(iter(files.items()))
+        else:                             # ipywidgets 8: a tuple of {"name": ..., "content": ...}
+            f = files[0]
+            name = f["name"] if isinstance(f, dict) else getattr(f, "name", "upload")
         content = f["content"] if isinstance(f, dict) else f.content
         try:
             data = bytes(content)

@@ -70,10 +70,57 @@ def test_check_no_weight_gradients_rejects_and_clears_them():
     assert all(w.grad is None for w in net.parameters())    # cleared for the rest of the chapter
 
 
+def test_references_name_real_functions_and_no_solution_uses_them():
+    """REFERENCES: per chapter, what computes the answer for the student (grade reports its use)."""
+    import importlib
+
+    assert sorted(assignments.REFERENCES) == [p.name[:2] for p in CHAPTERS]
+    for number, names in assignments.REFERENCES.items():
+        for name in names:
+            module, attr = name.split(".")
+            if module in ("gradients", "cam", "lrp", "features", "synthesis", "segmentation", "metrics",
+                          "deconvnet", "hooks", "images"):
+                assert hasattr(importlib.import_module(f"helpers.{module}"), attr), name
+    for path in CHAPTERS:                   # the chapters' own solutions (and their other cells) use none
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code" and assignments.BEGIN in assignments._source(cell):
+                assert assignments.references_used(assignments._source(cell), path.name[:2]) == [], path.name
+
+
+def test_references_used_finds_attributes_and_imports():
+    src = ("from helpers.lrp import linear_epsilon\n%matplotlib inline\n"
+           "def my_linear_epsilon(a, W, b, R, epsilon):\n    return lrp.linear_epsilon(a, W, b, R, epsilon)\n")
+    assert assignments.references_used(src, "09") == ["lrp.linear_epsilon"]
+    assert assignments.references_used("y = torch.nn.functional.max_unpool2d(d, idx, 2)", "23") == ["functional.max_unpool2d"]
+    assert assignments.references_used("y = F.max_unpool2d(d, idx, 2)", "23") == ["F.max_unpool2d"]
+    assert assignments.references_used("y = F.max_pool2d(d, 2)", "23") == []
+    assert assignments.references_used("def f(:", "09") == []          # does not parse: the run reports it
+
+
+def test_chapter_of_a_submission():
+    """From the stem anywhere in the name, else the cell ids that build keeps, else a number NN_."""
+    of = assignments._chapter_of
+    by_number = {p.name[:2]: p for p in CHAPTERS}
+    assert of(Path("Copy of 08_smoothgrad.ipynb"), None, BOOK) == by_number["08"]
+    assert of(Path("alice_1234_00_models_and_images.ipynb"), None, BOOK) == by_number["00"]
+    assert of(Path("hw.ipynb"), None, BOOK, number=8) == by_number["08"]
+    student = assignments.student_notebook(json.loads(by_number["13"].read_text()))
+    assert of(Path("submission.ipynb"), student, BOOK) == by_number["13"]
+    assert of(Path("week 3 - 11_gradcam.ipynb"), {"cells": []}, BOOK) == by_number["11"]
+    with pytest.raises(ValueError, match="no chapter found"):
+        of(Path("homework.ipynb"), {"cells": []}, BOOK)
+    # every chapter's assignment cells have ids of their own (no two chapters share one)
+    ids = [c["id"] for p in CHAPTERS for c in json.loads(p.read_text())["cells"]
+           if c["cell_type"] == "code" and assignments.BEGIN in assignments._source(c)]
+    assert len(ids) == len(set(ids)) and all(ids)
+
+
 def test_cli(tmp_path, capsys):
     assert assignments._main(["build", str(tmp_path / "out"), "--chapters", "0"]) == 0
     assert (tmp_path / "out" / "00_models_and_images.ipynb").exists()
     assert "1 student notebooks" in capsys.readouterr().out
+    assert assignments._main(["build", str(tmp_path / "none"), "--chapters", "99"]) == 2
+    assert "no chapter matches 99" in capsys.readouterr().err
 
 
 def c_src(cell):
@@ -307,8 +354,18 @@ def test_grade_runs_the_chapters_own_check_on_the_students_cells(tmp_path, capsy
     assert assignments.grade(submit("03_rewritten.ipynb", rewritten, ids=False)).status == "passed"
     lost = submit("03_lost.ipynb", "print('the function is gone')", check="print('edited')", ids=False)
     assert assignments.grade(lost).status == "not matched"
-    with pytest.raises(ValueError, match="chapter number"):
-        assignments.grade(submit("homework.ipynb"))
+    with pytest.raises(ValueError, match="chapter's number in the file name"):
+        assignments.grade(submit("homework.ipynb", ids=False))
+    # renamed by Colab or an LMS, the cell ids kept: the chapter is found from them
+    renamed = assignments.grade(submit("Copy of homework (alice).ipynb", written))
+    assert (renamed.chapter, renamed.status) == (chapter.stem, "passed")
+    # the check passes, but the cell calls the helper the check compares with: not an implementation
+    delegated = written.replace("    m = grad.abs().amax(dim=1)\n    return m / m.flatten(1).amax(dim=1).view(-1, 1, 1)",
+                                "    return gradients.saliency(model, x_all, targets)")
+    assert delegated != written
+    borrowed = assignments.grade(submit("03_borrowed.ipynb", delegated))
+    assert (borrowed.status, borrowed.passed) == ("uses the reference", False)
+    assert "calls gradients.saliency, which the check compares with" in borrowed.message
     # the command line: one line per notebook, exit code 1 unless all passed
     assert assignments._main(["grade", str(tmp_path / "03_good.ipynb")]) == 0
     assert assignments._main(["grade", str(tmp_path / "03_good.ipynb"), str(tmp_path / "03_bad.ipynb")]) == 1

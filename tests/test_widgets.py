@@ -71,6 +71,9 @@ def test_upload_the_same_file_name_twice_and_names_shown_as_text(model):
         ip._on_upload({"new": [{"name": "cat.png", "content": png(side)}]})
         assert ip.value.name == "upload: cat.png" and ip.value.image.shape == (side, side + 10, 3)
         assert ip.message.value == f"loaded cat.png ({side + 10} x {side})"
+    # ipywidgets 7 (Colab's): a dict from the file name to its metadata and content
+    ip._on_upload({"new": {"dog.png": {"metadata": {"name": "dog.png", "size": 1}, "content": png(30)}}})
+    assert ip.value.name == "upload: dog.png" and ip.value.image.shape == (30, 40, 3)
     ip._on_upload({"new": [{"name": "<b>x</b>.jpg", "content": b"not an image"}]})
     assert "<b>" not in ip.message.value and "&lt;b&gt;x&lt;/b&gt;.jpg" in ip.message.value
 
