@@ -113,14 +113,26 @@ def put_back(student: str, original: str) -> str:
                   flags=re.MULTILINE)
 
 
-def student_notebook(nb: dict) -> dict:
-    """A student version of a notebook (a dict as read by ``json``): solutions out, outputs cleared."""
+_SETUP_REF = re.compile(r'^(REPO, REF = "[^"]+", )"[^"]*"$', re.MULTILINE)
+
+
+def student_notebook(nb: dict, ref: str | None = None) -> dict:
+    """A student version of a notebook (a dict as read by ``json``): solutions out, outputs cleared.
+
+    ``ref``: the git branch or tag that the setup cell clones in Colab (default: the book's,
+    ``main``), so a course can hand out notebooks that keep working with the code they were made
+    for, whatever later commits change."""
     nb = json.loads(json.dumps(nb))
     found = 0
     for cell in nb["cells"]:
         if cell["cell_type"] != "code":
             continue
         src = _source(cell)
+        if ref is not None and _SETUP_REF.search(src):
+            if not re.fullmatch(r"[\w./-]+", ref):
+                raise ValueError(f"ref must be a git branch or tag name, got {ref!r}")
+            src = _SETUP_REF.sub(lambda m: f'{m.group(1)}"{ref}"', src)
+            cell["source"] = src
         if BEGIN in src:
             found += 1
             cell["source"] = strip_solutions(src)
@@ -174,15 +186,16 @@ def chapters(book: Path = BOOK) -> list:
     return [p for p in sorted(Path(book).glob("[0-9][0-9]_*.ipynb")) if BEGIN in p.read_text()]
 
 
-def build(out, book: Path = BOOK, only=None) -> list:
-    """Write the student version of every chapter (or of the chapters numbered in ``only``) into ``out``."""
+def build(out, book: Path = BOOK, only=None, ref: str | None = None) -> list:
+    """Write the student version of every chapter (or of the chapters numbered in ``only``) into ``out``;
+    ``ref``: the branch or tag their setup cell clones in Colab (see :func:`student_notebook`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for path in chapters(book):
         if only and path.name[:2] not in {str(o).zfill(2) for o in only}:
             continue
-        nb = student_notebook(json.loads(path.read_text()))
+        nb = student_notebook(json.loads(path.read_text()), ref)
         target = out / path.name
         target.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
         written.append(target)
@@ -350,6 +363,8 @@ def _main(argv=None) -> int:
     b = sub.add_parser("build", help="write the student notebooks into OUT")
     b.add_argument("out", help="output folder (inside the repository, e.g. student/)")
     b.add_argument("--chapters", nargs="*", help="chapter numbers, e.g. 02 11 (default: all)")
+    b.add_argument("--ref", help="the git tag or branch that the notebooks clone in Colab (default: main); "
+                                 "tag the commit you build from and give the tag, so later changes cannot break them")
     g = sub.add_parser("grade", help="run the chapter's checks on students' notebooks")
     g.add_argument("notebooks", nargs="+", help="the students' notebooks (file names as written by build)")
     g.add_argument("--online", action="store_true", help="grade in the ImageNet world (default: offline)")
@@ -368,7 +383,7 @@ def _main(argv=None) -> int:
             print(r)
         print(f"{sum(r.passed for r in grades)} of {len(grades)} passed")
         return 0 if all(r.passed for r in grades) else 1
-    written = build(args.out, only=args.chapters)
+    written = build(args.out, only=args.chapters, ref=args.ref)
     for p in written:
         print(p)
     print(f"{len(written)} student notebooks written to {args.out}")

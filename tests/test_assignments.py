@@ -121,6 +121,15 @@ def test_cli(tmp_path, capsys):
     assert "1 student notebooks" in capsys.readouterr().out
     assert assignments._main(["build", str(tmp_path / "none"), "--chapters", "99"]) == 2
     assert "no chapter matches 99" in capsys.readouterr().err
+    # --ref: the setup cell of every student notebook clones that tag; nothing else changes
+    assert assignments._main(["build", str(tmp_path / "tagged"), "--chapters", "3", "--ref", "course-2027"]) == 0
+    tagged = json.loads((tmp_path / "tagged" / "03_saliency_maps.ipynb").read_text())
+    plain = assignments.student_notebook(json.loads((BOOK / "03_saliency_maps.ipynb").read_text()))
+    changed = [(a, b) for a, b in zip(tagged["cells"], plain["cells"]) if a != b]
+    assert len(changed) == 1 and 'REPO, REF = "https://' in assignments._source(changed[0][0])
+    assert assignments._source(changed[0][0]) == assignments._source(changed[0][1]).replace('", "main"\n', '", "course-2027"\n')
+    with pytest.raises(ValueError, match="branch or tag"):
+        assignments.student_notebook(tagged, ref="main; rm -rf /")
 
 
 def c_src(cell):
