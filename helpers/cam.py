@@ -29,8 +29,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 import weakref
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -65,7 +67,7 @@ def _plan(model: nn.Module, x: torch.Tensor, target):
     of any number of classes (one map per class).
     """
     n = x.shape[0]
-    several = isinstance(target, (list, tuple)) or (isinstance(target, torch.Tensor) and target.ndim > 0)
+    several = isinstance(target, (list, tuple)) or (isinstance(target, (torch.Tensor, np.ndarray)) and target.ndim > 0)
     if n == 1 and several:
         classes = models.check_target(model, target)
         if not classes:
@@ -156,13 +158,15 @@ def to_heatmap(m: torch.Tensor, size, signed: bool = False) -> torch.Tensor:
     """Raw maps ``[M, h, w]`` -> ``[M, H, W]`` in [0, 1] at ``size`` (bilinear upsampling), on the CPU.
 
     Maps that are zero or positive (after a ReLU) are divided by their maximum, so zero stays
-    "no evidence"; ``signed`` maps (CAM) are scaled by min-max. A map that is constant
-    (for instance zero everywhere) becomes all zeros. Explained in chapter 10, CAM.
+    "no evidence" (a map zero everywhere becomes all zeros); ``signed`` maps (CAM) are scaled by
+    min-max, and a constant signed map becomes all zeros. Explained in chapter 10, CAM.
     """
     if m.requires_grad:                        # each step only where needed: a step that changes
         m = m.detach()                         # nothing still costs a call, and this runs on every map
     if m.dtype != torch.float32:
         m = m.float()
+    if signed:     # shifted before upsampling: a constant map is then exactly 0, not upsampling's rounding
+        m = m - m.amin(dim=(1, 2), keepdim=True)   # (about 1e-7) blown up to [0, 1] by the min-max
     up = upsample(m, size)
     hi = up.amax(dim=(1, 2), keepdim=True)
     if signed:
@@ -671,15 +675,29 @@ def score_cam_masks(A: torch.Tensor, size) -> torch.Tensor:
     Each channel is upsampled bilinearly to the input size and min-max scaled to [0, 1]; a
     constant channel gives an all-zero mask. Explained in chapter 14, Score-CAM.
     """
-    up = F.interpolate(A[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
+    A = A.float()
+    raw = A.flatten(1)
+    constant = (raw.amax(1) == raw.amin(1))[:, None, None]       # decided on the channel itself
+    A = A - raw.amin(1)[:, None, None]          # shifted first: upsampling a constant gives rounding noise
+    up = F.interpolate(A[None], size=tuple(size), mode="bilinear", align_corners=False)[0]
     flat = up.flatten(1)
     lo = flat.min(1).values[:, None, None]
     span = flat.max(1).values[:, None, None] - lo
-    return torch.where(span > 0, (up - lo) / span.clamp_min(torch.finfo(up.dtype).tiny), torch.zeros_like(up))
+    return torch.where(constant | (span <= 0), torch.zeros_like(up),
+                       (up - lo) / span.clamp_min(torch.finfo(up.dtype).tiny))
 
 
 def _default_batch_size(x: torch.Tensor) -> int:
     return max(1, 2 ** 20 // (x.shape[-1] * x.shape[-2]))
+
+
+def _batch_size(batch_size, x: torch.Tensor) -> int:
+    """Score-CAM's masked images per forward pass: a positive int, or ``None`` for about 1 M pixels."""
+    if batch_size is None:
+        return _default_batch_size(x)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int (masked images per forward pass), got {batch_size!r}")
+    return int(batch_size)
 
 
 def _mask_logits(model, x1, A1, batch_size, bar):
@@ -753,11 +771,9 @@ def score_cam(model: nn.Module, x: torch.Tensor, target, layer=None, batch_size:
     x = _input(model, x)
     image, classes = _plan(model, x, target)
     module = _one_layer(model, layer, "score_cam")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be a positive int (masked images per forward pass), got {batch_size!r}")
     if weights not in SCORE_CAM_WEIGHTS:
         raise ValueError(f"weights must be one of {SCORE_CAM_WEIGHTS}, got {weights!r}")
-    batch_size = batch_size or _default_batch_size(x)
+    batch_size = _batch_size(batch_size, x)
     maps = []
     with hooks.frozen(model), torch.no_grad():
         with hooks.capture(model, module) as cap:              # a whole forward pass, so that a module
@@ -832,7 +848,8 @@ class Cached:
     nothing before the layer. Several classes of one image are one batched backward pass.
     :meth:`score_cam` keeps its masked images' probabilities for every class, so it too
     re-targets for free. The model is not changed; the cache holds as long as the model's
-    weights are not changed (autograd raises if they were changed in place).
+    weights are not changed: after an in-place change (an optimiser step, ``mul_`` under
+    ``no_grad``) every method raises ``RuntimeError`` (a change through ``.data`` is not seen).
     Explained in chapter 11, Grad-CAM.
     """
 
@@ -852,6 +869,13 @@ class Cached:
         self._eye = torch.eye(self.logits.shape[1], dtype=self.logits.dtype, device=self.logits.device)
         self._size = tuple(self.x.shape[-2:])
         self._score_cam = {}
+        self._params = list(model.parameters())
+        self._versions = [p._version for p in self._params]
+
+    def _check_unchanged(self) -> None:
+        if [p._version for p in self._params] != self._versions:
+            raise RuntimeError("the model's weights were changed after this Cached was built, so its kept "
+                               "forward pass is stale: build a new one, Cached(model, x, layer)")
 
     @property
     def size(self):
@@ -862,6 +886,7 @@ class Cached:
         return self._A_and_gradients(target)[1]
 
     def _A_and_gradients(self, target):
+        self._check_unchanged()
         image, classes = _plan(self.model, self.x, target)
         (g,) = _class_gradients(self.logits, [self.activations], image, classes, retain_graph=True,
                                 eye=self._eye)
@@ -869,6 +894,7 @@ class Cached:
 
     def grad_cam(self, target, counterfactual: bool = False) -> torch.Tensor:
         """Grad-CAM ``[M, H, W]`` for ``target`` (:func:`grad_cam_map`); equals :func:`grad_cam`."""
+        self._check_unchanged()
         image, classes = _plan(self.model, self.x, target)
         alpha = _grad_cam_weights(self._head, self.logits, self.activations, image, classes,
                                   retain_graph=True, eye=self._eye)
@@ -885,6 +911,7 @@ class Cached:
 
     def cam(self, target) -> torch.Tensor:
         """CAM ``[M, H, W]`` for ``target`` (GAP architectures only); equals :func:`cam`."""
+        self._check_unchanged()
         A = self.activations.detach()
         fc = gap_classifier(self.model, self.layer, A, self.logits.detach())
         image, classes = _plan(self.model, self.x, target)
@@ -898,11 +925,12 @@ class Cached:
         ``weights``, :func:`score_cam_weights`) is free."""
         from tqdm.auto import tqdm
 
+        self._check_unchanged()
         image, classes = _plan(self.model, self.x, target)
         if weights not in SCORE_CAM_WEIGHTS:
             raise ValueError(f"weights must be one of {SCORE_CAM_WEIGHTS}, got {weights!r}")
         A = self.activations.detach()
-        batch_size = batch_size or _default_batch_size(self.x)
+        batch_size = _batch_size(batch_size, self.x)
         todo = [n for n in dict.fromkeys(image) if n not in self._score_cam]
         if todo:
             with hooks.frozen(self.model), torch.no_grad():

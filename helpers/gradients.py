@@ -398,7 +398,9 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
     (e.g. ``steps=`` for integrated gradients). The noisy copies are batched, ``batch_size``
     per pass (a method that takes ``batch_size`` itself, like integrated gradients, gets all
     copies at once and batches them). ``target=None``: the class predicted for the clean ``x``
-    (one extra forward pass). ``noise=0`` gives exactly ``method``'s result.
+    (one extra forward pass). With ``layer=`` and ``channel=`` (for :func:`vanilla`,
+    :func:`guided`, :func:`deconvnet`) the filter's activation is explained instead, and ``target``
+    must be ``None``. ``noise=0`` gives exactly ``method``'s result.
 
     The ``samples`` noise images are drawn one at a time, in order, from ``generator`` (torch's
     default one if ``None``) and shared by the images of a batch, each scaled by its own
@@ -417,8 +419,14 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
                          f"a number >= 0 (the paper uses 0.1 to 0.2), got {noise!r}")
     bs = _batch_size(batch_size, model, x, fn)
     n, dev = len(x), x.device
-    with hooks.frozen(model):
-        t = _targets_tensor(model, x, target, fn).cpu()
+    if kwargs.get("layer") is not None:            # a filter's activation: no class to explain
+        if target is not None:
+            raise ValueError(f"{fn}: give either a target class, or a layer and a channel (the filter "
+                             f"whose activation is explained), not both")
+        t = None
+    else:
+        with hooks.frozen(model):
+            t = _targets_tensor(model, x, target, fn).cpu()
     sigma = noise * (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(-1, 1, 1, 1)  # one std per image
     drawn: dict = {}  # noise sample k -> its image-sized draw, kept while a pass still needs it
 
@@ -444,13 +452,13 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
     if "batch_size" in params:  # the method batches its own work (integrated gradients)
         xs, i = noisy(torch.arange(n * samples))
         extra = {"progress": progress} if "progress" in params else {}
-        maps = method(model, xs, t[i].tolist(), batch_size=bs, **extra, **kwargs)
+        maps = method(model, xs, None if t is None else t[i].tolist(), batch_size=bs, **extra, **kwargs)
         return maps.view(samples, n, *maps.shape[1:]).mean(0)
     total = None
     with _progress(n * samples, progress, "smoothgrad") as bar:
         for start in range(0, n * samples, bs):
             xs, i = noisy(torch.arange(start, min(start + bs, n * samples)))
-            maps = method(model, xs, t[i].tolist(), **kwargs).detach().cpu()
+            maps = method(model, xs, None if t is None else t[i].tolist(), **kwargs).detach().cpu()
             if total is None:
                 total = torch.zeros(n, *maps.shape[1:], dtype=maps.dtype)
             total.index_add_(0, i, maps)

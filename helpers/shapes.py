@@ -417,29 +417,26 @@ def evaluate(model: nn.Module, seeds, n_objects: int = 1, batch_size: int = 200)
     """Accuracy of ``model`` on the scenes of ``seeds``.
 
     With one object per scene, the usual top-1 accuracy; with several, the fraction of objects
-    whose class is among the model's ``n_objects`` highest scores. The model's train/eval mode
-    is left as it was.
+    whose class is among the model's ``n_objects`` highest scores. The model runs in eval mode
+    and every module's own train/eval mode is left as it was.
 
     Explained in chapter 00, Models and images.
     """
     seeds = list(seeds)
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
-    device = models.device(model)
-    was_training = model.training
-    model.eval()
+    from . import hooks
+
     correct = 0
-    try:
+    with hooks.evaluated(model):
         for i in range(0, len(seeds), batch_size):
             x, y = batch(seeds[i:i + batch_size], n_objects)
-            logits = model(x.to(device)).cpu()
+            logits = model(models.as_input(model, x)).float().cpu()
             if n_objects == 1:
                 correct += int((logits.argmax(1) == y).sum())
             else:
                 top = logits.topk(n_objects, 1).indices
                 correct += int((top[:, :, None] == y[:, None, :]).any(1).sum())
-    finally:
-        model.train(was_training)
     return correct / (len(seeds) * n_objects)
 
 

@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from helpers import cam, hooks, metrics, models, shapes
@@ -568,6 +569,56 @@ def test_score_cam_counts_forward_passes_and_checks_batch_size():
     assert max(masked) <= 50 and sum(masked) <= 2 * k
     with pytest.raises(ValueError, match="batch_size"):
         cam.score_cam(model, x, 1, batch_size=0)
+
+
+def test_score_cam_batch_size_is_checked_before_anything_is_kept():
+    model, x = model_and_input("shapesnet", n=1)
+    e = cam.Cached(model, x)
+    for bad in (-1, 0, 2.5, True):
+        for run in (lambda: e.score_cam(1, batch_size=bad, progress=False),
+                    lambda: cam.score_cam(model, x, 1, batch_size=bad, progress=False)):
+            with pytest.raises(ValueError, match="batch_size must be a positive int"):
+                run()
+    ref = cam.score_cam(model, x, 1, progress=False)
+    assert float(ref.max()) == 1.0
+    torch.testing.assert_close(e.score_cam(1, batch_size=np.int64(40), progress=False), ref)
+    torch.testing.assert_close(cam.score_cam(model, x, 1, batch_size=np.int64(40), progress=False), ref)
+
+
+def test_constant_maps_and_channels_are_zero_not_upsampling_noise():
+    """Upsampling a constant is exact only up to rounding (about 1e-7), which a min-max would blow
+    up to [0, 1]: a constant signed map (CAM) and a constant Score-CAM channel are zero."""
+    for h, size in ((8, (299, 299)), (14, (224, 224)), (7, (123, 97))):
+        assert float(cam.to_heatmap(torch.full((1, h, h), 0.37), size, signed=True).abs().max()) == 0.0
+        assert float(cam.to_heatmap(torch.zeros(1, h, h), size).abs().max()) == 0.0
+        A = torch.rand(4, h, h, generator=torch.Generator().manual_seed(h))
+        A[2] = 3.3
+        masks = cam.score_cam_masks(A, size)
+        assert float(masks[2].abs().max()) == 0.0 and float(masks[1].max()) == 1.0
+        ref = F.interpolate(A[None, :2], size=size, mode="bilinear", align_corners=False)[0]
+        ref = (ref - ref.amin((1, 2), keepdim=True)) / (ref.amax((1, 2), keepdim=True) - ref.amin((1, 2), keepdim=True))
+        torch.testing.assert_close(masks[:2], ref, rtol=0, atol=1e-6)
+
+
+def test_cached_refuses_to_answer_after_the_weights_changed_in_place():
+    model, x = model_and_input("shapesnet", n=1)
+    model = copy.deepcopy(model)
+    e = cam.Cached(model, x)
+    e.grad_cam(1)
+    with torch.no_grad():
+        model.classifier.weight.mul_(-1)
+    for run in (e.grad_cam, e.grad_cam_pp, e.layer_cam, e.cam, e.gradients, lambda c: e.score_cam(c, progress=False)):
+        with pytest.raises(RuntimeError, match="weights were changed after this Cached was built"):
+            run(1)
+    torch.testing.assert_close(cam.Cached(model, x).grad_cam(1), cam.grad_cam(model, x, 1))
+
+
+def test_several_classes_of_one_image_as_a_numpy_array():
+    model, x = model_and_input("shapesnet", n=1)
+    ref = cam.grad_cam(model, x, [1, 2])
+    assert ref.shape[0] == 2
+    torch.testing.assert_close(cam.grad_cam(model, x, np.array([1, 2])), ref)
+    torch.testing.assert_close(cam.Cached(model, x).grad_cam(np.array([1, 2])), ref)
 
 
 def test_score_cam_progress_bar_ends_at_its_total_when_channels_are_skipped(monkeypatch):

@@ -71,6 +71,7 @@ def test_vanilla_equals_per_image_backward_on_a_copy():
 def test_filter_objective_stops_forward_at_the_layer():
     model = shapesnet()
     x, _ = scenes_batch()
+    gradients.vanilla(model, x[:1], layer="features.8", channel=5)   # the one probe per layer (hooks.forward_to)
     calls = []
     h = model.classifier.register_forward_hook(lambda *a: calls.append(1))
     try:
@@ -298,6 +299,20 @@ def test_smoothgrad_with_zero_noise_equals_the_wrapped_method(method, kwargs):
     assert torch.allclose(smooth, alone, atol=1e-6, rtol=1e-4)
     noisy = gradients.smoothgrad(model, x, y, method=method, samples=4, noise=0.2, progress=False, **kwargs)
     assert not torch.allclose(noisy, alone, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", [gradients.vanilla, gradients.guided, gradients.deconvnet])
+def test_smoothgrad_of_a_filters_activation(method):
+    """layer= and channel= reach the wrapped method (the filter's activation is explained)."""
+    model = shapesnet()
+    x, _ = scenes_batch()
+    x = x[:2]
+    alone = method(model, x, layer="features.8", channel=3)
+    smooth = gradients.smoothgrad(model, x, method=method, samples=2, noise=0.0, progress=False,
+                                  layer="features.8", channel=3)
+    torch.testing.assert_close(smooth, alone, rtol=1e-4, atol=1e-7)
+    with pytest.raises(ValueError, match="either a target class, or a layer and a channel"):
+        gradients.smoothgrad(model, x, 1, method=method, samples=2, progress=False, layer="features.8", channel=3)
 
 
 @pytest.mark.parametrize("method,kwargs", [(gradients.vanilla, {}), (gradients.integrated_gradients, {"steps": 4})])

@@ -174,9 +174,11 @@ def test_a_forward_pass_stopped_at_a_shared_module_is_refused_too():
 
 def test_forward_to_stops_at_the_layer():
     net = ModuleNet()
+    x = torch.randn(2, 3, 8, 8)
+    hooks.forward_to(net, x, "c2")      # the first call per layer probes the whole net once (shared modules)
+    assert hooks._CALLS[net] == {id(net.c2): 1}
     calls = []
     net.fc.register_forward_hook(lambda *a: calls.append(1))
-    x = torch.randn(2, 3, 8, 8)
     a = hooks.forward_to(net, x, "c2")
     assert torch.allclose(a, net.c2(F.max_pool2d(torch.relu(net.c1(x)), 2)))
     assert calls == [] and len(net.fc._forward_hooks) == 1

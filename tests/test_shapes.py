@@ -163,11 +163,19 @@ def test_shipped_model_accuracy(model):
     assert not model.training
     acc = shapes.evaluate(model, TEST_SEEDS)
     assert acc >= 0.97, acc
-    # it leaves the mode as it was
+    # it leaves the mode of every module as it was (a frozen, eval-mode part of a model in training)
     model.train()
-    shapes.evaluate(model, range(500_000, 500_010))
-    assert model.training
-    model.eval()
+    model.features.eval()
+    try:
+        assert shapes.evaluate(model, range(500_000, 500_010)) == shapes.evaluate(model.eval(), range(500_000, 500_010))
+        model.train()
+        model.features.eval()
+        shapes.evaluate(model, range(500_000, 500_010))
+        assert model.training and model.classifier.training and not model.features.training
+    finally:
+        model.eval()
+    import copy
+    assert shapes.evaluate(copy.deepcopy(model).double(), TEST_SEEDS[:50]) == shapes.evaluate(model, TEST_SEEDS[:50])
 
 
 def test_several_object_scenes(model):
