@@ -620,7 +620,7 @@ def methods(ig_steps: int = 16, smoothgrad_samples: int = 16, smoothgrad_noise: 
         p = deconvnet.occlusion(model, x, target, size=occlusion_size, stride=occlusion_stride, progress=False)
         t = torch.tensor(models.check_target(model, target, x.shape[0]))
         with hooks.frozen(model), torch.no_grad():
-            clean = torch.softmax(models.scores(model(x.to(models.device(model)))).float(), 1).cpu()
+            clean = torch.softmax(models.scores(model(models.as_input(model, x))).float(), 1).cpu()
         return (clean[torch.arange(len(t)), t][:, None, None] - p).clamp(min=0)
 
     table = {

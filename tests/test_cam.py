@@ -659,6 +659,11 @@ def test_guided_grad_cam_is_guided_backprop_times_grad_cam():
     ours = cam.guided_grad_cam(model, x, [3, 7], "features.29")
     assert ours.shape == (2, 3, 64, 64)
     assert torch.allclose(ours, gb * heat[:, None], atol=1e-6 * float(gb.abs().max()))
+    # at an inner layer too (the default is features.29: a layer argument dropped would not show above)
+    inner = cam.grad_cam(model, x, [3, 7], "features.19")
+    assert not torch.allclose(inner, heat, atol=1e-3)
+    assert torch.allclose(cam.guided_grad_cam(model, x, [3, 7], "features.19"), gb * inner[:, None],
+                          atol=1e-6 * float(gb.abs().max()))
 
 
 # ------------------------------------------------------------------------------------ the cache

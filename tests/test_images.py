@@ -355,6 +355,20 @@ def test_resize_shorter_side_and_exact():
         images.resize(a, 0)
 
 
+def test_resize_pixels_are_pils_bilinear_resampling():
+    """The pixels, not only the shape: PIL's own bilinear resize of the same array (width, height
+    order), and a left-to-right ramp stays a left-to-right ramp (rows and columns not swapped)."""
+    from PIL import Image as PILImage
+
+    a = rng_image(30, 60)
+    for size, (h, w) in ((15, (15, 30)), ((7, 9), (7, 9)), (45, (45, 90))):
+        ref = np.asarray(PILImage.fromarray(a).resize((w, h), PILImage.BILINEAR))
+        assert np.abs(images.resize(a, size).astype(int) - ref.astype(int)).max() <= 1, size
+    ramp = np.repeat(np.repeat(np.linspace(0, 255, 40).astype(np.uint8)[None, :, None], 20, 0), 3, 2)
+    out = images.resize(ramp, (10, 25)).astype(int)
+    assert (np.diff(out[5, :, 0]) >= 0).all() and np.ptp(out[:, 0, 0]) <= 1 and out[5, -1, 0] - out[5, 0, 0] > 200
+
+
 def test_center_crop():
     a = rng_image(10, 20)
     out = images.center_crop(a, 6)

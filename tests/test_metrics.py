@@ -329,6 +329,19 @@ def test_methods_give_maps_of_every_image(net, batch):
         assert torch.isfinite(heat).all() and heat.min() >= 0, name
     assert same(before, state(net)) and not net.training
     assert float(table["occlusion"](net, x[:1], y[:1]).min()) >= 0   # a drop of probability, clipped at 0
+    # each name is wired to its own method (a swapped entry would still give valid-looking maps)
+    from helpers import cam, gradients
+
+    direct = {"vanilla": gradients.vanilla, "saliency": gradients.saliency, "guided": gradients.guided,
+              "deconvnet": gradients.deconvnet, "grad_x_image": gradients.grad_x_image,
+              "integrated_gradients": lambda m_, x_, y_: gradients.integrated_gradients(m_, x_, y_, steps=2,
+                                                                                          progress=False),
+              "lrp": lambda m_, x_, y_: gradients.lrp(m_, x_, y_, rule="epsilon"), "cam": cam.cam,
+              "grad_cam": cam.grad_cam, "guided_grad_cam": cam.guided_grad_cam, "grad_cam_pp": cam.grad_cam_pp,
+              "layer_cam": cam.layer_cam,
+              "score_cam": lambda m_, x_, y_: cam.score_cam(m_, x_, y_, progress=False)}
+    for name, fn in direct.items():
+        torch.testing.assert_close(table[name](net, x[:2], y[:2]), fn(net, x[:2], y[:2]), msg=name)
     with pytest.raises(ValueError, match="unknown method"):
         metrics.methods(names=["gradcam"])
     # SmoothGrad's noise is seeded at every call: two calls give the same map

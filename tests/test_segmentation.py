@@ -328,6 +328,14 @@ def test_training_from_scratch_with_the_default_architecture_gives_back_the_glob
     assert model.decoder_widths == segmentation.DEFAULT_ARCH["decoder_widths"]
 
 
+def test_training_lowers_the_loss(tmp_path):
+    """30 steps of the tiny network: the pixel-wise cross-entropy goes down (2.30 -> 1.49 measured)."""
+    losses = []
+    segmentation.train(out_dir=tmp_path, steps=30, batch_size=4, lr=1e-2, held_out=1, progress=False, arch=TINY,
+                       pretrained=False, threads=1, log=lambda step, loss, model: losses.append(loss))
+    assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
+
+
 def test_unpooling_can_be_swapped_for_a_training_run(tmp_path, monkeypatch):
     """Chapter 23, exercise 1: patching DeconvNet.unpool_at reaches every unpooling of train."""
     kw = dict(steps=2, batch_size=2, lr=1e-2, held_out=1, progress=False, arch=TINY,

@@ -200,6 +200,19 @@ def test_shuffled_model():
     assert meta["held_out_accuracy"] < 0.3  # it did not learn the shapes
     m = shapes.load_model("shapesnet-shuffled")
     assert isinstance(m, shapes.ShapesNet) and not m.training
+    # measured, not read: at chance on held-out scenes even under the best renaming of its classes
+    # (a model trained on consistently permuted class ids would score 1.0 after the renaming)
+    from scipy.optimize import linear_sum_assignment
+
+    x, y = shapes.batch(TEST_SEEDS[:300])
+    with torch.no_grad():
+        pred = m(x).argmax(1)
+    k = len(shapes.CLASSES)
+    confusion = np.zeros((k, k), int)
+    np.add.at(confusion, (y.numpy(), pred.numpy()), 1)
+    rows, cols = linear_sum_assignment(-confusion)
+    assert confusion[rows, cols].sum() / len(y) < 0.3, confusion
+    assert meta["train_accuracy"] > 0.8                      # it memorised its (permuted) training set
 
 
 def test_missing_weights(tmp_path):
