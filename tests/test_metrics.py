@@ -231,6 +231,33 @@ def test_spearman_and_ssim():
         metrics.spearman(A, B[:2])
 
 
+def test_ssim_equals_the_formula_written_out_pixel_by_pixel():
+    """Wang et al.'s SSIM with a Gaussian window (sigma 1.5, cut at 4 sigma, borders mirrored as
+    scipy's 'reflect' = numpy's 'symmetric'), each window's weighted statistics summed by hand."""
+    rng = np.random.default_rng(3)
+    from scipy.ndimage import uniform_filter
+
+    n1, n2 = rng.random((20, 18)), rng.random((20, 18))
+    a, b = uniform_filter(n1, 3), uniform_filter(0.7 * n1 + 0.3 * n2, 3)     # related, smooth maps
+    sigma, r = 1.5, int(4 * 1.5 + 0.5)
+    g = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    w = np.outer(g, g) / g.sum() ** 2
+    ua, ub = [(m - m.min()) / (m.max() - m.min()) for m in (a, b)]
+    pa, pb = np.pad(ua, r, mode="symmetric"), np.pad(ub, r, mode="symmetric")
+    values = []
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            wa, wb = pa[i:i + 2 * r + 1, j:j + 2 * r + 1], pb[i:i + 2 * r + 1, j:j + 2 * r + 1]
+            ma, mb = (w * wa).sum(), (w * wb).sum()
+            va, vb = (w * (wa - ma) ** 2).sum(), (w * (wb - mb) ** 2).sum()
+            cov = (w * (wa - ma) * (wb - mb)).sum()
+            values.append((2 * ma * mb + 0.01 ** 2) * (2 * cov + 0.03 ** 2)
+                          / ((ma ** 2 + mb ** 2 + 0.01 ** 2) * (va + vb + 0.03 ** 2)))
+    reference = float(np.mean(values))
+    assert 0.2 < reference < 0.99                             # a pair where the formula's details matter
+    assert metrics.ssim(a, b) == pytest.approx(reference, abs=1e-9)
+
+
 # --------------------------------------------------------------------------- sanity checks
 def test_randomize_layers_copies_and_is_order_free(net):
     before = state(net)
