@@ -224,6 +224,13 @@ def test_fourier_parameterisation_pieces():
     m = features.color_correlation(shapes.ShapesNet())
     assert m.shape == (3, 3) and torch.allclose(m, m.T)
     assert torch.isclose(m.norm(dim=0).max(), torch.tensor(1.0))
+    # a square root of the shapes world's colour covariance (up to scale): M M^T is proportional to
+    # the covariance of the pixels of the 96 scenes it is estimated from, computed here with numpy
+    pixels = np.concatenate([s.image.reshape(-1, 3) for s in shapes.scenes(range(64))]
+                            + [s.image.reshape(-1, 3) for s in shapes.scenes(range(64, 96), 2)]) / 255.0
+    cov = np.cov(pixels.T)
+    mmt = (m @ m.T).double().numpy()
+    assert np.allclose(mmt / np.linalg.norm(mmt), cov / np.linalg.norm(cov), atol=1e-5)
 
 
 def test_torchvision_layers_including_linear_and_blocks():
