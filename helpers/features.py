@@ -29,7 +29,7 @@ __all__ = [
     "PARAMS", "feature_maps", "filters", "top_channels", "channel_map", "prefix",
     "FilterOptimizer", "visualize_filter", "visualize_filters", "color_correlation",
     "fourier_scale", "deep_dream", "dream_step", "invert", "relative_error",
-    "alpha_norm", "total_variation", "mean_activation", "layer_norm", "selective_channels",
+    "alpha_norm", "total_variation", "mean_activation", "layer_norm", "selective_channels", "seeded_noise",
 ]
 
 #: The three image parameterisations of :func:`visualize_filter` (chapter 16).
@@ -306,6 +306,13 @@ def fourier_scale(h: int, w: int, decay: float = 1.0) -> torch.Tensor:
     return scale / scale.pow(2).mean().sqrt()
 
 
+def seeded_noise(draw, n: int, shape, seed: int) -> torch.Tensor:
+    """``[n, *shape]`` on the CPU: row i drawn by ``draw`` (``torch.randn``, ``torch.rand``) from its
+    own generator seeded ``seed + i``, so an image's random start does not depend on the rest of
+    its batch (image i of a batch = a one-image run with seed ``seed + i``)."""
+    return torch.cat([draw((1, *shape), generator=torch.Generator().manual_seed(int(seed) + i)) for i in range(n)])
+
+
 def _gaussian_kernel(sigma: float, device) -> torch.Tensor:
     radius = max(1, int(math.ceil(2.5 * sigma)))
     t = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
@@ -385,18 +392,17 @@ class FilterOptimizer:
     # -- parameterisations ----------------------------------------------------------------
     def _init_param(self, seed: int):
         k, (h, w) = len(self.channels), self.size
-        gens = [torch.Generator().manual_seed(int(seed) + i) for i in range(k)]
         self.lo, self.hi = _pixel_range(self.model, self.device)
         self.mean, self.std = _stats(self.model, self.device)
         if self.param in ("pixel", "regularized"):
             # mean colour plus faint noise (std 0.02 in pixel units), normalised
-            noise = torch.cat([torch.randn(1, 3, h, w, generator=g) for g in gens]).to(self.device)
+            noise = seeded_noise(torch.randn, k, (3, h, w), seed).to(self.device)
             self.x = (noise * 0.02 / self.std).requires_grad_(True)
             self.tensor = self.x
             if self.param == "regularized" and self.blur_sigma > 0:
                 self._kernel = _gaussian_kernel(self.blur_sigma, self.device)
         else:
-            coeffs = torch.cat([torch.randn(1, 3, h, w // 2 + 1, 2, generator=g) for g in gens])
+            coeffs = seeded_noise(torch.randn, k, (3, h, w // 2 + 1, 2), seed)
             self.spectrum = (coeffs * 0.01).to(self.device).requires_grad_(True)
             self.tensor = self.spectrum
             self._scale = fourier_scale(h, w).to(self.device)[None, None, :, :, None]
@@ -723,9 +729,7 @@ def invert(model: nn.Module, x: torch.Tensor, layer, steps: int = 200, lr: float
     mean, std = _stats(model, device)
     lo, hi = _pixel_range(model, device)
     n, _, h, w = x0.shape
-    # image i starts from its own noise (seed + i): its result does not depend on the rest of the batch
-    noise = torch.cat([torch.randn((1,) + x0.shape[1:], generator=torch.Generator().manual_seed(int(seed) + i))
-                       for i in range(n)])
+    noise = seeded_noise(torch.randn, n, x0.shape[1:], seed)      # image i from seed + i
     xr = (noise.to(device) * 0.02 / std).requires_grad_(True)
     opt = torch.optim.Adam([xr], lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, steps), eta_min=lr * 0.05)

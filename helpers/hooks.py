@@ -180,8 +180,8 @@ def _check_runs_once(model: nn.Module, module: nn.Module, name: str) -> None:
     if n is None:
         try:
             n = len(models._probe(model, [module]).get(module, []))
-        except Exception:      # a model the probe's black image does not fit: the stop's own checks remain
-            return
+        except Exception:      # a model the probe's black image does not fit: not probed again, and
+            n = 0              # the stop's own checks remain
         counts[id(module)] = n
     if n > 1:
         raise _shared_module_error(model, name)

@@ -293,14 +293,6 @@ def _bounds(model: nn.Module, device, dtype):
     return (0 - mean) / std, (1 - mean) / std
 
 
-def _check_x(model, x) -> torch.Tensor:
-    if (not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1
-            or not x.is_floating_point()):
-        what = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a normalised float batch [N, 3, H, W] with N >= 1 (images.to_tensor), got {what}")
-    return models.as_input(model, x)
-
-
 def _check_params(epsilon, gamma):
     for name, v in (("epsilon", epsilon), ("gamma", gamma)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= 0 and math.isfinite(v)):
@@ -342,7 +334,7 @@ def relevance_trace(model: nn.Module, x: torch.Tensor, target, rule: str = "epsi
     rule = _check_rule(rule)
     _check_params(epsilon, gamma)
     plan = layer_rules(model, rule)
-    x = _check_x(model, x)
+    x = models.check_batch(model, x)
     targets = None if target is None else models.check_target(model, target, len(x))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

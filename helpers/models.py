@@ -223,6 +223,16 @@ def as_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.detach().to(device=p.device, dtype=p.dtype)
 
 
+def check_batch(model: nn.Module, x) -> torch.Tensor:
+    """``x`` checked to be a normalised float batch ``[N, 3, H, W]`` with N >= 1 (``ValueError``
+    saying what it got), then :func:`as_input`: detached, on the model's device and dtype."""
+    if (not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1
+            or not x.is_floating_point()):
+        what = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a normalised float batch [N, 3, H, W] with N >= 1 (images.to_tensor), got {what}")
+    return as_input(model, x)
+
+
 def class_names(model: nn.Module) -> list:
     """The model's class names, index order (ImageNet's 1000 or the shapes)."""
     return list(info(model).classes)
@@ -431,12 +441,10 @@ def predict(model: nn.Module, x: torch.Tensor, k: int = 5):
     ``x`` a normalised batch ``[N, 3, H, W]``; the model runs in eval mode (its own modes restored)."""
     from . import hooks
 
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
-        what = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a normalised float batch [N, 3, H, W] (images.to_tensor), got {what}")
+    x = check_batch(model, x)
     names = class_names(model)
     with hooks.evaluated(model):
-        probs = torch.softmax(scores(model(as_input(model, x))).float(), dim=1).cpu()
+        probs = torch.softmax(scores(model(x)).float(), dim=1).cpu()
     top = probs.topk(min(k, probs.shape[1]), dim=1)
     return [[(int(i), names[int(i)], float(v)) for v, i in zip(vs, ids)]
             for vs, ids in zip(top.values, top.indices)]

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import hooks, models
+from . import features, hooks, models
 
 __all__ = ["class_image", "fooling_image", "evolve", "disguise", "pgd", "distortion", "quantize", "jpeg", "blur",
            "gaussian_blur", "pixel_range", "to_pixels", "from_pixels", "REGULARIZATIONS"]
@@ -217,9 +217,7 @@ def class_image(model: nn.Module, target, steps: int = 100, regularization: str 
     if start == "zeros":
         x = torch.zeros(n, 3, size, size, device=device)
     else:
-        # image i from its own generator (seed + i): its result does not depend on the rest of the batch
-        x = from_pixels(model, torch.cat([torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(int(seed) + i))
-                                          for i in range(n)]).to(device))
+        x = from_pixels(model, features.seeded_noise(torch.rand, n, (3, size, size), seed).to(device))
     rows = torch.arange(n, device=device)
     t = torch.tensor(targets, device=device)
     scores, probs = [], []
@@ -296,9 +294,7 @@ def fooling_image(model: nn.Module, target, confidence: float = 0.99, max_steps:
     size = _size(model, size)
     n = len(targets)
     device = models.device(model)
-    # image i from its own generator (seed + i): its result does not depend on the rest of the batch
-    p = torch.cat([torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(int(seed) + i))
-                   for i in range(n)]).to(device)
+    p = features.seeded_noise(torch.rand, n, (3, size, size), seed).to(device)    # image i from seed + i
     t = torch.tensor(targets, device=device)
     steps = torch.zeros(n, dtype=torch.long)
     prob = torch.zeros(n)

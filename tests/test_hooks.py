@@ -184,6 +184,20 @@ def test_forward_to_stops_at_the_layer():
     assert calls == [] and len(net.fc._forward_hooks) == 1
 
 
+def test_forward_to_on_a_net_the_probe_cannot_run_probes_once_and_still_stops():
+    """A net with a fixed input size (a linear layer after flattening) fails the probe's black
+    image: forward_to still works, and the failed probe is not tried again at every call."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 8 * 8, 2)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    runs = []
+    net.register_forward_pre_hook(lambda *a: runs.append(1))
+    a = hooks.forward_to(net, x, "1")
+    assert torch.equal(a, torch.relu(net[0](x))) and len(runs) == 2        # the failed probe, the pass
+    hooks.forward_to(net, x, "1")
+    assert len(runs) == 3 and hooks._CALLS[net] == {id(net[1]): 0}
+
+
 def test_frozen_restores_requires_grad_and_mode():
     net = ModuleNet().train()
     net.c1.bias.requires_grad_(False)
