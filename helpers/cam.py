@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import numbers
 import weakref
 
 import numpy as np
@@ -695,9 +694,7 @@ def _batch_size(batch_size, x: torch.Tensor) -> int:
     """Score-CAM's masked images per forward pass: a positive int, or ``None`` for about 1 M pixels."""
     if batch_size is None:
         return _default_batch_size(x)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int (masked images per forward pass), got {batch_size!r}")
-    return int(batch_size)
+    return models.positive_int(batch_size, "batch_size", "masked images per forward pass")
 
 
 def _mask_logits(model, x1, A1, batch_size, bar):

@@ -345,8 +345,7 @@ def top_activations(model: nn.Module, images, layer, channel: int, k: int = 9, b
     x = _check_x(images)
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = models.positive_int(batch_size, "batch_size")
 
     feats, stop = _index(model, layer)
     name = models.layer_name(model, feats[stop])
@@ -411,8 +410,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target, size: int | None = None
     if not 1 <= stride <= size:
         raise ValueError(f"stride must be between 1 and size={size} (so that every pixel is covered), "
                          f"got {stride}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = models.positive_int(batch_size, "batch_size")
     windows = [(t, l) for t in _starts(h, size, stride) for l in _starts(w, size, stride)]
     jobs = [(i, t, l) for i in range(n) for (t, l) in windows]
     probs = torch.empty(len(jobs))

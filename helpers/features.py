@@ -130,8 +130,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layer, batch_size: int = 32)
     to the layer is computed, in batches of ``batch_size``.
     """
     x = _check_x(x, "feature_maps")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = models.positive_int(batch_size, "batch_size")
     with hooks.frozen(model):
         outs = [hooks.forward_to(model, models.as_input(model, x[i:i + batch_size]), layer).float().cpu()
                 for i in range(0, x.shape[0], batch_size)]

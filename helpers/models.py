@@ -12,6 +12,7 @@ Two worlds:
 """
 from __future__ import annotations
 
+import numbers
 import os
 import socket
 import weakref
@@ -231,6 +232,14 @@ def check_batch(model: nn.Module, x) -> torch.Tensor:
         what = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a normalised float batch [N, 3, H, W] with N >= 1 (images.to_tensor), got {what}")
     return as_input(model, x)
+
+
+def positive_int(value, what: str, meaning: str = "") -> int:
+    """``value`` as an int, checked to be a whole number >= 1 (Python or numpy; not a bool), else
+    ``ValueError`` naming ``what`` (``"batch_size"``, ``"steps"``) and, if given, its ``meaning``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what} must be a positive int{f' ({meaning})' if meaning else ''}, got {value!r}")
+    return int(value)
 
 
 def class_names(model: nn.Module) -> list:

@@ -402,8 +402,7 @@ def segment(model: nn.Module, x: torch.Tensor, batch_size: int = 32) -> torch.Te
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"x must be a normalised batch [N, 3, H, W], got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = models.positive_int(batch_size, "batch_size")
     with hooks.frozen(model), torch.no_grad():
         out = [model(models.as_input(model, x[i:i + batch_size])).argmax(1).cpu()
                for i in range(0, len(x), batch_size)]

@@ -70,12 +70,6 @@ def _size(model: nn.Module, size) -> int:
     return size
 
 
-def _positive_int(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{what} must be a positive int, got {value!r}")
-    return int(value)
-
-
 def _nonneg(value, what: str) -> float:
     try:
         v = float(value)
@@ -194,14 +188,14 @@ def class_image(model: nn.Module, target, steps: int = 100, regularization: str 
     forward pass saw them), ``info["final_probability"]`` ``[N]`` that of the returned image.
     """
     targets, _ = _targets(model, target)
-    steps = _positive_int(steps, "steps")
+    steps = models.positive_int(steps, "steps")
     if regularization not in REGULARIZATIONS:
         raise ValueError(f"unknown regularization {regularization!r}; accepted: None, 'l1', 'l2'")
     if weight is None:
         weight = {None: 0.0, "l1": 0.3, "l2": 0.1}[regularization]
     weight = _nonneg(weight, "weight")
     blur = _nonneg(blur, "blur")
-    blur_every = _positive_int(blur_every, "blur_every")
+    blur_every = models.positive_int(blur_every, "blur_every")
     jitter = int(_nonneg(jitter, "jitter"))
     clip = _nonneg(clip, "clip")
     if clip >= 100:
@@ -368,8 +362,8 @@ def evolve(model: nn.Module, targets=None, generations: int = 200, offspring: in
         targets = list(range(n_classes))
     targets, _ = _targets(model, targets)
     generations = int(_nonneg(generations, "generations"))
-    offspring = _positive_int(offspring, "offspring")
-    batch_size = _positive_int(batch_size, "batch_size")
+    offspring = models.positive_int(offspring, "offspring")
+    batch_size = models.positive_int(batch_size, "batch_size")
     mutation_rate = _nonneg(mutation_rate, "mutation_rate")
     if not 0 < mutation_rate <= 1:
         raise ValueError(f"mutation_rate is a probability in (0, 1], got {mutation_rate}")

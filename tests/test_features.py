@@ -379,3 +379,18 @@ def test_selective_channels_of_shapesnet_respond_to_their_shape(net):
         r = maps2[:, c].flatten(1).amax(1)
         own, rest = float(r[y2 == j].mean()), max(float(r[y2 == o].mean()) for o in set(y2.tolist()) - {j})
         assert s > 1.5 and own > 1.2 * rest, (c, shapes.CLASSES[j], s, own, rest)
+
+
+def test_relative_error_against_the_sliced_network(net, scenes):
+    """||Phi(x) - Phi(x0)|| / ||Phi(x0)|| per image, with Phi the Sequential sliced by hand."""
+    x, _ = scenes
+    x0, x1 = x[:3], x[3:6]
+    with torch.no_grad():
+        phi = lambda t: net.features[:5](t).flatten(1)          # up to and including features.4
+        want = (phi(x1) - phi(x0)).norm(dim=1) / phi(x0).norm(dim=1)
+    got = features.relative_error(net, x1, x0, "features.4")
+    assert got.shape == (3,)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    # not symmetric: the reference image's norm divides
+    assert not torch.allclose(features.relative_error(net, x0, x1, "features.4"), got)
+    assert (features.relative_error(net, x0, x0, "features.4") == 0).all()

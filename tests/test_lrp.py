@@ -271,3 +271,18 @@ def test_relevance_image_and_reexport():
     assert img[0, 0, 0] > 0.9 and img[0, 0, 2] < 0.1     # positive: red
     assert img[0, 1, 2] > 0.9 and img[0, 1, 0] < 0.1     # negative: blue
     assert np.allclose(img[1, 0], 1.0, atol=0.01)         # zero: white
+
+
+def test_mask_share_counts_positive_relevance_summed_over_channels():
+    R = torch.zeros(3, 4, 4)
+    R[0, 0, 0], R[1, 0, 0] = 2.0, 1.0        # pixel (0, 0): 3 in all, over two channels
+    R[2, 3, 3] = 1.0                          # pixel (3, 3): 1
+    R[0, 1, 1] = -5.0                         # negative relevance counts nowhere
+    R[1, 2, 2], R[2, 2, 2] = 2.0, -1.5        # a pixel's channels are summed first: 0.5
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = mask[1, 1] = True
+    assert lrp.mask_share(R, mask) == pytest.approx(3 / 4.5)
+    assert lrp.mask_share(R, ~mask) == pytest.approx(1.5 / 4.5)
+    # an [H, W] map (numpy too) is taken as it is
+    assert lrp.mask_share(R.sum(0).numpy(), mask) == pytest.approx(3 / 4.5)
+    assert lrp.mask_share(-R.abs(), mask) == 0.0   # no positive relevance at all

@@ -169,6 +169,25 @@ def test_check_target():
     assert models.check_target(m, np.array([2, 0]), 2) == [2, 0] and models.check_target(m, np.int64(1), 2) == [1, 1]
 
 
+def test_positive_int_is_the_one_check_of_counts():
+    """Python and numpy ints pass as ints; bools, floats, strings and numbers < 1 are ValueErrors
+    naming the argument. The helpers that take a batch_size all use it (a numpy int from a
+    slider or an array was rejected by three of them)."""
+    assert models.positive_int(3, "n") == 3 and type(models.positive_int(np.int64(2), "n")) is int
+    for bad in (0, -1, True, 2.0, "2", None):
+        with pytest.raises(ValueError, match=r"batch_size must be a positive int"):
+            models.positive_int(bad, "batch_size")
+    from helpers import deconvnet, features, shapes
+    m = models.load("shapesnet")
+    x, _ = shapes.batch(range(3))
+    want = features.feature_maps(m, x, "features.1")
+    torch.testing.assert_close(features.feature_maps(m, x, "features.1", batch_size=np.int64(2)), want)
+    top = deconvnet.top_activations(m, x, "features.3", 0, k=2, batch_size=np.int64(2), progress=False)
+    assert len(top) == 2
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        deconvnet.occlusion(m, x[:1], 0, batch_size=0)
+
+
 def test_info_of_a_classifier_with_its_own_number_of_classes():
     """A fine-tuned torchvision model (10 outputs) is not given ImageNet's 1000 class names: a
     class index out of its range is a ValueError, not an index error deep in a method."""
