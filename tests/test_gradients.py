@@ -441,3 +441,41 @@ def test_gpu_matches_cpu():
     ig = gradients.integrated_gradients(model, x, y, steps=8, progress=False)
     sg = gradients.smoothgrad(model, x, y, samples=4, progress=False)
     assert ig.device.type == "cpu" and sg.device.type == "cpu"
+
+
+@pytest.mark.parametrize("arch", ["shapesnet", "vgg16", "resnet50"])
+def test_an_input_laid_out_channels_last_gives_the_same_maps(arch):
+    """The helpers take the caller's memory layout as it is (on a CPU a channels-last input runs
+    the convolutions faster; see the README's benchmark notes): every map agrees with the one of
+    the contiguous input, where the Grad-CAM shortcut's chain check sees a layout it does not
+    follow too (VGG16's flatten copies a channels-last map: the full gradient is taken)."""
+    from helpers import cam, lrp
+    net = shapesnet() if arch == "shapesnet" else architecture(arch)
+    size = SIZES[arch]
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    assert not xc.is_contiguous()
+    t = [1, 3]
+    last = models.last_conv_layer(net)
+    runs = {
+        "vanilla": lambda z: gradients.vanilla(net, z, t),
+        "guided": lambda z: gradients.guided(net, z, t),
+        "integrated_gradients": lambda z: gradients.integrated_gradients(net, z, t, steps=4, progress=False),
+        "smoothgrad": lambda z: gradients.smoothgrad(net, z, t, samples=2, progress=False,
+                                                     generator=torch.Generator().manual_seed(0)),
+        "grad_cam": lambda z: cam.grad_cam(net, z, t, last),
+        "grad_cam_pp": lambda z: cam.grad_cam_pp(net, z, t, last),
+        "layer_cam": lambda z: cam.layer_cam(net, z, t, last),
+    }
+    if arch != "resnet50":
+        runs["lrp"] = lambda z: lrp.lrp(net, z, t, rule="composite")
+    for name, run in runs.items():
+        for _ in range(2):                   # the second call of Grad-CAM may take the shortcut
+            a, b = run(x), run(xc)
+            scale = float(a.abs().max())
+            assert scale > 0 or name == "grad_cam", name   # (a random VGG16's Grad-CAM may be all 0)
+            # the convolutions of the two layouts round differently: a ReLU whose input is within
+            # that rounding of 0 may switch (integrated gradients on a random VGG16: 8e-4 of the
+            # largest value); a map of the wrong layout would differ by the order of the map itself
+            err = float((b - a).abs().max())
+            assert err <= 2e-3 * scale, (name, err, scale)
