@@ -21,8 +21,8 @@ and the class images. Each time is reported as a ratio to
 
 Two more reference rows time the same forward pass and floor on the input laid out channels-last
 (``x.contiguous(memory_format=torch.channels_last)``): on a CPU, oneDNN's convolutions are faster
-for that layout (on 2026-12-07, 2 threads of an Intel Xeon: ShapesNet's forward pass 0.73 x at
-batch 1 and 0.53 x at batch 8, VGG16's floor 0.79 x at batch 1, ResNet50's 0.85 x at batch 8).
+for that layout (on 2026-12-07, 2 threads of an Intel Xeon: ShapesNet's forward pass about 0.7 x
+at batch 1 and 0.5 x at batch 8, VGG16's floor 0.8 x at batch 1, ResNet50's 0.85 x at batch 8).
 The helpers pass the caller's layout on, so a reader who wants that speed lays out the input so;
 the ratios of the methods stay against the usual (contiguous) layout.
 
