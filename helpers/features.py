@@ -601,7 +601,8 @@ def deep_dream(model: nn.Module, x: torch.Tensor, layer, channel: int | None = N
     ``channel``), starting from the photo ``x`` (normalised ``[N, 3, H, W]``), over ``octaves``
     scales: the image is first dreamed at ``1/octave_scale**(octaves-1)`` of its size, and the
     *detail* added at each scale is upscaled and carried to the next. Each of the ``steps``
-    steps per octave jitters the image by a random shift of up to ``jitter`` pixels and adds
+    steps per octave jitters the image by a random shift of up to ``jitter`` pixels (at most a
+    quarter of the octave's side, so that a small octave is not rolled around) and adds
     the gradient normalised by its mean absolute value times ``lr`` (normalised units). Pixels
     stay in the valid range. Returns a tensor like ``x`` (same shape, device and dtype); with
     ``return_values`` also the objective per step ``[octaves * steps, N]``.
