@@ -737,17 +737,21 @@ def score_cam_weights(logits: torch.Tensor, base: torch.Tensor, c: int, weights:
     - ``"algorithm1"``: the paper's Algorithm 1, ``S_k = f^c(X o H^k) - f^c(X_b)`` on the logits,
       then ``alpha_k = exp(S_k) / sum_j exp(S_j)``, a softmax across the channels. The weights are
       positive and sum to 1, and the baseline cancels (the same constant in every ``S_k``).
-    - ``"probability"``: the authors' released code, ``alpha_k = p_c(X o H^k)``, no baseline.
+    - ``"probability"``: the authors' released code, ``alpha_k = p_c(X o H^k)``, no baseline;
+      like that code, a constant channel (which it skips) gets the weight 0.
 
     Explained in chapter 14, Score-CAM.
     """
     if weights not in SCORE_CAM_WEIGHTS:
         raise ValueError(f"weights must be one of {SCORE_CAM_WEIGHTS}, got {weights!r}")
+    constant = torch.isnan(logits).any(dim=1)
     logits = torch.where(torch.isnan(logits), base[None].expand_as(logits), logits)   # constant channel: X_b
     if weights == "algorithm1":
         return torch.softmax(logits[:, c] - base[c], dim=0)
     p = torch.softmax(logits, dim=1)[:, c]
-    return p if weights == "probability" else p - torch.softmax(base, dim=0)[c]
+    if weights == "probability":
+        return p.masked_fill(constant, 0.0)
+    return p - torch.softmax(base, dim=0)[c]
 
 
 def score_cam(model: nn.Module, x: torch.Tensor, target, layer=None, batch_size: int | None = None,

@@ -554,6 +554,11 @@ def test_score_cam_weights_of_algorithm1_sum_to_one_and_ignore_the_baseline():
     inc = cam.score_cam_weights(logits, base, 1)
     assert float(inc[2]) == 0.0
     torch.testing.assert_close(inc, torch.softmax(filled, 1)[:, 1] - torch.softmax(base, 0)[1])
+    # the authors' code skips a constant channel: weight 0 in its reading, the probability elsewhere
+    prob = cam.score_cam_weights(logits, base, 1, "probability")
+    assert float(prob[2]) == 0.0
+    keep = torch.arange(6) != 2
+    torch.testing.assert_close(prob[keep], torch.softmax(filled, 1)[keep, 1])
 
 
 def test_score_cam_counts_forward_passes_and_checks_batch_size():
