@@ -68,7 +68,14 @@ class ImagePicker(_Picker, W.Dropdown):
             self.message.value = f"<span style='color:#b00'>{html.escape(str(e))}</span>"
             return
         self.message.value = f"loaded {html.escape(name)} ({img.shape[1]} x {img.shape[0]})"
-        ex = images.Example(name=f"upload: {name}", image=img, target=None)
+        # a name of its own: the chapters' explorers keep their work per image name, and phones and
+        # screenshots reuse file names (a second "photo.png" is "upload: photo.png (2)")
+        taken = {label for label, _ in self.options}
+        label, k = f"upload: {name}", 1
+        while label in taken:
+            k += 1
+            label = f"upload: {name} ({k})"
+        ex = images.Example(name=label, image=img, target=None)
         self.options = list(self.options) + [(ex.name, ex)]
         self.value = ex
 

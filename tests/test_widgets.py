@@ -67,10 +67,13 @@ def test_upload_the_same_file_name_twice_and_names_shown_as_text(model):
         return buf.getvalue()
 
     ip = widgets.image_picker(model)
-    for side in (10, 20):                    # the second upload of cat.png is selected, not an example
+    for side, label in ((10, "upload: cat.png"), (20, "upload: cat.png (2)")):   # the second is selected
         ip._on_upload({"new": [{"name": "cat.png", "content": png(side)}]})
-        assert ip.value.name == "upload: cat.png" and ip.value.image.shape == (side, side + 10, 3)
+        assert ip.value.name == label and ip.value.image.shape == (side, side + 10, 3)
         assert ip.message.value == f"loaded cat.png ({side + 10} x {side})"
+    # each upload has a name of its own (the explorers cache their work per image name)
+    labels = [label for label, _ in ip.options]
+    assert len(labels) == len(set(labels)) and labels[-2:] == ["upload: cat.png", "upload: cat.png (2)"]
     # ipywidgets 7 (Colab's): a dict from the file name to its metadata and content
     ip._on_upload({"new": {"dog.png": {"metadata": {"name": "dog.png", "size": 1}, "content": png(30)}}})
     assert ip.value.name == "upload: dog.png" and ip.value.image.shape == (30, 40, 3)
