@@ -107,7 +107,7 @@ def forward_with_switches(model: nn.Module, x: torch.Tensor, layer):
     the position of the maximum of every pooling window. Explained in chapter 05, DeconvNet.
     """
     feats, stop = _index(model, layer)
-    h, records = models.as_input(model, x), []
+    h, records = models.as_input(model, _check_x(x)), []
     for i in range(stop + 1):
         m = feats[i]
         size = tuple(h.shape[-2:])
@@ -206,9 +206,10 @@ def _check_channel(act: torch.Tensor, channel, name: str) -> int:
 
 
 def _check_x(x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
-        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a normalised batch [N, 3, H, W] (images.to_tensor), got {shape}")
+    if (not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1
+            or not x.is_floating_point()):
+        shape = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x must be a normalised float batch [N, 3, H, W] with N >= 1 (images.to_tensor), got {shape}")
     return x
 
 
@@ -343,8 +344,7 @@ def top_activations(model: nn.Module, images, layer, channel: int, k: int = 9, b
     from tqdm.auto import tqdm
 
     x = _check_x(images)
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+    k = models.positive_int(k, "k")
     batch_size = models.positive_int(batch_size, "batch_size")
 
     feats, stop = _index(model, layer)

@@ -58,6 +58,9 @@ def _check_x(x, what: str) -> torch.Tensor:
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"{what}() takes a normalised image batch [N, 3, H, W], got shape "
                          f"{tuple(x.shape)}; a single image [3, H, W] needs x[None]")
+    if x.shape[0] < 1 or not x.is_floating_point():
+        raise ValueError(f"{what}() takes a normalised float batch [N, 3, H, W] with N >= 1 "
+                         f"(images.to_tensor), got {x.shape[0]} images of {x.dtype}")
     return x
 
 
@@ -174,6 +177,7 @@ def top_channels(maps: torch.Tensor, k: int = 8):
     """
     if maps.ndim != 4:
         raise ValueError(f"top_channels takes feature maps [N, C, h, w], got shape {tuple(maps.shape)}")
+    k = models.positive_int(k, "k")
     means = maps.mean(dim=(2, 3))
     top = means.topk(min(int(k), maps.shape[1]), dim=1)
     return top.indices, top.values
@@ -382,7 +386,7 @@ class FilterOptimizer:
         self.grad_clip, self.rotate, self.scale = grad_clip, rotate, scale
         self.rng = random.Random(seed)              # the random transforms of each step
         self.t = 0
-        self.history = torch.zeros(int(steps), len(self.channels))  # objective per step, no growth
+        self.history = torch.zeros(models.positive_int(steps, "steps", minimum=0), len(self.channels))  # per step, no growth
         self._index = torch.arange(len(self.channels), device=self.device)
         self._chan = torch.tensor(self.channels, device=self.device)
         self._stack = None
@@ -510,7 +514,7 @@ def visualize_filters(model: nn.Module, layer, channels, steps: int | None = Non
     """
     from tqdm.auto import tqdm
 
-    steps = _default_steps(model, param) if steps is None else int(steps)
+    steps = _default_steps(model, param) if steps is None else models.positive_int(steps, "steps", minimum=0)
     with FilterOptimizer(model, layer, channels, param=param, size=size, seed=seed, steps=steps,
                          **knobs) as opt:
         for _ in tqdm(range(steps), desc=f"{param} {opt.layer}", disable=not progress, leave=False):
@@ -615,8 +619,15 @@ def deep_dream(model: nn.Module, x: torch.Tensor, layer, channel: int | None = N
     n = _known_channels(module)
     if channel is not None and n is not None:
         channel = _check_channel(name, channel, n)
-    if octaves < 1 or steps < 0:
-        raise ValueError(f"octaves must be >= 1 and steps >= 0, got octaves={octaves}, steps={steps}")
+    octaves = models.positive_int(octaves, "octaves")
+    steps = models.positive_int(steps, "steps", minimum=0)
+    try:
+        scale = float(octave_scale)
+    except (TypeError, ValueError):
+        scale = math.nan
+    if isinstance(octave_scale, (bool, str)) or not 1 <= scale < math.inf:
+        raise ValueError(f"octave_scale must be a number >= 1 (each octave that much smaller), got {octave_scale!r}")
+    octave_scale = scale
     device = models.device(model)
     rng = random.Random(seed)
     base = x.detach().to(device, torch.float32)
@@ -722,6 +733,7 @@ def invert(model: nn.Module, x: torch.Tensor, layer, steps: int = 200, lr: float
     from tqdm.auto import tqdm
 
     x = _check_x(x, "invert")
+    steps = models.positive_int(steps, "steps", minimum=0)
     device = models.device(model)
     module = models.layer(model, layer)
     name = models.layer_name(model, module)

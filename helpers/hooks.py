@@ -43,6 +43,7 @@ def _state(model: nn.Module):
     parameter's ``requires_grad``. Kept lean: it runs on every call of every method, and on a
     small network at batch 1 its cost shows in the timings. So it walks the modules once
     (:func:`_modules_once`) and records hook dicts only where there are hooks."""
+    models._check_model(model)
     mods, params, seen = [], [], set()
     for m in _modules_once(model):
         d = m.__dict__

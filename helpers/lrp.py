@@ -336,8 +336,7 @@ def relevance_trace(model: nn.Module, x: torch.Tensor, target, rule: str = "epsi
     plan = layer_rules(model, rule)
     x = models.check_batch(model, x)
     targets = None if target is None else models.check_target(model, target, len(x))
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batch_size = models.positive_int(batch_size, "batch_size")
     parts = []
     with hooks.frozen(model):
         if not any(k in type(model).__name__ for k in _KNOWN):  # an unknown model: check the chain

@@ -167,6 +167,12 @@ def load(name: str = "vgg16", device=None) -> nn.Module:
     return _attach(model, info).to(device or "cpu")
 
 
+def _check_model(model) -> None:
+    if not isinstance(model, nn.Module):
+        hint = f" (models.load({model!r}) makes it)" if isinstance(model, str) else " (models.load(name) makes one)"
+        raise TypeError(f"model must be a network, an nn.Module{hint}; got {type(model).__name__}")
+
+
 def info(model: nn.Module) -> ModelInfo:
     """Name, world, class names, normalisation and input size of a model.
 
@@ -175,6 +181,7 @@ def info(model: nn.Module) -> ModelInfo:
     class names where the last linear layer has 1000 outputs (or there is none), else the names
     ``class 0`` .. ``class k-1`` for its k outputs).
     """
+    _check_model(model)
     found = model.__dict__.get(_INFO_ATTR) or _INFERRED.get(model)
     if found is not None:
         return found
@@ -210,6 +217,7 @@ def _first_parameter(model: nn.Module):
 
 def device(model: nn.Module) -> torch.device:
     """The device of the model's parameters (of its first one); the CPU for a model without any."""
+    _check_model(model)
     p = _first_parameter(model)
     return torch.device("cpu") if p is None else p.device
 
@@ -218,6 +226,7 @@ def as_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``x`` detached, on the model's device and in its parameters' dtype (a float64 batch, numpy's
     default, runs as the model's float32); a model without parameters takes CPU float32.
     Explained in chapter 00, Models and images."""
+    _check_model(model)
     p = _first_parameter(model)
     if p is None:
         return x.detach().to(device="cpu", dtype=torch.float32)
@@ -234,11 +243,13 @@ def check_batch(model: nn.Module, x) -> torch.Tensor:
     return as_input(model, x)
 
 
-def positive_int(value, what: str, meaning: str = "") -> int:
-    """``value`` as an int, checked to be a whole number >= 1 (Python or numpy; not a bool), else
-    ``ValueError`` naming ``what`` (``"batch_size"``, ``"steps"``) and, if given, its ``meaning``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{what} must be a positive int{f' ({meaning})' if meaning else ''}, got {value!r}")
+def positive_int(value, what: str, meaning: str = "", minimum: int = 1) -> int:
+    """``value`` as an int, checked to be a whole number >= ``minimum`` (1: a positive int; Python or
+    numpy, not a bool), else ``ValueError`` naming ``what`` (``"batch_size"``, ``"steps"``) and, if
+    given, its ``meaning``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{what} must be {kind}{f' ({meaning})' if meaning else ''}, got {value!r}")
     return int(value)
 
 
@@ -284,6 +295,7 @@ def layer(model: nn.Module, name) -> nn.Module:
     A module of the model is returned as is. An unknown name (or a module that is not part of
     the model) raises ``ValueError`` listing the valid names.
     """
+    _check_model(model)
     if isinstance(name, nn.Module):
         if any(m is name for m in model.modules()):
             return name
@@ -454,7 +466,7 @@ def predict(model: nn.Module, x: torch.Tensor, k: int = 5):
     names = class_names(model)
     with hooks.evaluated(model):
         probs = torch.softmax(scores(model(x)).float(), dim=1).cpu()
-    top = probs.topk(min(k, probs.shape[1]), dim=1)
+    top = probs.topk(min(positive_int(k, 'k'), probs.shape[1]), dim=1)
     return [[(int(i), names[int(i)], float(v)) for v, i in zip(vs, ids)]
             for vs, ids in zip(top.values, top.indices)]
 

@@ -82,11 +82,22 @@ def normalize(m) -> np.ndarray:
     return (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
 
 
-def heatmap(m, colormap: str = "jet") -> np.ndarray:
-    """A ``[H, W]`` map in [0, 1] -> RGB ``uint8`` image through an OpenCV colormap."""
+def _one_map(m) -> np.ndarray:
+    """``[H, W]`` (or ``[1, H, W]``) as a numpy map; a batch of maps is a ValueError saying so."""
     m = _np(m)
     if m.ndim == 3 and m.shape[0] == 1:
         m = m[0]
+    if m.ndim != 2:
+        what = f"a batch of {m.shape[0]} maps" if m.ndim == 3 else f"shape {m.shape}"
+        raise ValueError(f"one map [H, W] at a time: got {what}; index it first (maps[0])")
+    return m
+
+
+def heatmap(m, colormap: str = "jet") -> np.ndarray:
+    """A ``[H, W]`` map in [0, 1] -> RGB ``uint8`` image through an OpenCV colormap."""
+    m = _one_map(m)
+    if isinstance(colormap, str) and colormap not in COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; the names: {', '.join(COLORMAPS)}")
     cmap = COLORMAPS[colormap] if isinstance(colormap, str) else colormap
     u8 = np.clip(np.nan_to_num(m) * 255.0, 0, 255).astype(np.uint8)
     return cv2.cvtColor(cv2.applyColorMap(u8, cmap), cv2.COLOR_BGR2RGB)
@@ -95,11 +106,12 @@ def heatmap(m, colormap: str = "jet") -> np.ndarray:
 def overlay(image, m, alpha: float = 0.5, colormap: str = "jet") -> np.ndarray:
     """Blend a ``[h, w]`` heatmap in [0, 1] over an RGB ``uint8`` image (resized to the image)."""
     image = _np(image)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be one RGB picture [H, W, 3], got shape {image.shape}; a normalised "
+                         f"tensor becomes one with images.to_image(x, model=model)[0]")
     if image.dtype != np.uint8:
         image = np.clip(image * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-    m = _np(m).astype(np.float32)
-    if m.ndim == 3 and m.shape[0] == 1:
-        m = m[0]
+    m = _one_map(m).astype(np.float32)
     if m.shape != image.shape[:2]:
         m = cv2.resize(m, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
     heat = heatmap(m, colormap).astype(np.float32)

@@ -328,3 +328,22 @@ def test_non_sequential_networks_raise():
         deconvnet.reconstruct(m, torch.zeros(1, 3, 64, 64), "conv1", 0)
     with pytest.raises(ValueError, match="relu_rule"):
         deconvnet.top_activations(m, torch.zeros(1, 3, 64, 64), "layer4", 0)
+
+
+def test_an_integer_empty_or_numpy_batch_is_refused_by_deconvnet_and_features():
+    """What gradients, cam and metrics already refuse: a uint8 tensor ran and came back as uint8
+    (deep_dream) or as a map of the wrong input, an empty batch failed deep in torch.cat."""
+    from helpers import features
+    net = models.load("shapesnet")
+    x, _ = shapes.batch(range(1))
+    bad = {"uint8": (x * 50).clamp(0, 255).to(torch.uint8), "empty": x[:0], "numpy": x.numpy()}
+    for name, b in bad.items():
+        for call in (lambda: deconvnet.forward_with_switches(net, b, "features.3"),
+                     lambda: deconvnet.reconstruct(net, b, "features.3", 0),
+                     lambda: deconvnet.occlusion(net, b, 0)):
+            with pytest.raises(ValueError, match=r"normalised float batch \[N, 3, H, W\] with N >= 1"):
+                call()
+        for call in (lambda: features.feature_maps(net, b, "features.3"),
+                     lambda: features.deep_dream(net, b, "features.3", steps=1, progress=False)):
+            with pytest.raises((ValueError, TypeError), match=r"normalised"):
+                call()

@@ -394,3 +394,22 @@ def test_relative_error_against_the_sliced_network(net, scenes):
     # not symmetric: the reference image's norm divides
     assert not torch.allclose(features.relative_error(net, x0, x1, "features.4"), got)
     assert (features.relative_error(net, x0, x0, "features.4") == 0).all()
+
+
+def test_counts_and_scales_are_checked_where_they_are_given(net, scenes):
+    """steps=-1 failed deep in torch.zeros, octave_scale=0 divided by zero, k=-1 was a topk error."""
+    x, _ = scenes
+    with pytest.raises(ValueError, match="steps must be an int >= 0, got -1"):
+        features.visualize_filter(net, "features.3", 0, steps=-1, progress=False)
+    with pytest.raises(ValueError, match="steps must be an int >= 0, got 2.5"):
+        features.invert(net, x[:1], "features.1", steps=2.5, progress=False)
+    for bad in (0, -1, 0.5, float("nan"), "2"):
+        with pytest.raises(ValueError, match="octave_scale must be a number >= 1"):
+            features.deep_dream(net, x[:1], "features.3", octave_scale=bad, steps=1, progress=False)
+    with pytest.raises(ValueError, match="k must be a positive int, got -1"):
+        features.top_channels(features.feature_maps(net, x[:1], "features.1"), k=-1)
+    with pytest.raises(ValueError, match="k must be a positive int, got -1"):
+        models.predict(net, x[:1], k=-1)
+    # what still works: no steps at all, and numpy ints
+    assert features.invert(net, x[:1], "features.1", steps=np.int64(0), progress=False).shape == x[:1].shape
+    assert features.deep_dream(net, x[:1], "features.3", octaves=1, steps=0, progress=False).shape == x[:1].shape

@@ -330,3 +330,15 @@ def test_as_input_moves_to_the_models_device_and_dtype():
     # a model without parameters (an nn.Identity, say) takes CPU float32
     z = models.as_input(torch.nn.Identity(), x)
     assert z.dtype == torch.float32 and z.device.type == "cpu" and not z.requires_grad
+
+
+def test_a_model_name_where_the_model_goes_is_a_type_error_saying_what_to_do():
+    """gradients.vanilla("shapesnet", x, 1) failed with "'str' object has no attribute '__dict__'"."""
+    from helpers import cam, features, gradients, images, shapes
+    x, _ = shapes.batch(range(1))
+    image = shapes.scene(0).image
+    for call in (lambda: gradients.vanilla("shapesnet", x, 1), lambda: cam.grad_cam("shapesnet", x, 1),
+                 lambda: features.feature_maps("shapesnet", x, "features.1"),
+                 lambda: images.to_tensor(image, "shapesnet"), lambda: models.layer("shapesnet", "features.1")):
+        with pytest.raises(TypeError, match=r"model must be a network, an nn.Module \(models.load\('shapesnet'\) makes it\); got str"):
+            call()

@@ -65,6 +65,21 @@ def test_overlay_resizes_and_blends():
     assert (out == plots.heatmap(np.ones((20, 30)))).all()
 
 
+def test_a_batch_of_maps_or_a_tensor_image_is_refused_with_what_to_do():
+    """What cam.grad_cam returns for two images is [2, H, W]: index it first (it was an OpenCV
+    type error); a normalised [3, H, W] tensor as the picture points to images.to_image."""
+    maps = torch.rand(2, 16, 16)
+    image = np.full((16, 16, 3), 100, np.uint8)
+    for call in (lambda: plots.heatmap(maps), lambda: plots.overlay(image, maps)):
+        with pytest.raises(ValueError, match=r"one map \[H, W\] at a time: got a batch of 2 maps; index it first"):
+            call()
+    assert plots.overlay(image, maps[:1]).shape == (16, 16, 3)      # [1, H, W] is one map
+    with pytest.raises(ValueError, match=r"one RGB picture \[H, W, 3\].*images.to_image"):
+        plots.overlay(torch.rand(3, 16, 16), maps[0])
+    with pytest.raises(ValueError, match="unknown colormap 'jett'; the names: .*jet"):
+        plots.heatmap(maps[0], "jett")
+
+
 def test_outline_draws_the_mask_border_only():
     img = np.zeros((20, 20, 3), np.uint8)
     mask = np.zeros((20, 20), bool)
