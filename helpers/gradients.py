@@ -302,6 +302,9 @@ def make_baseline(model: nn.Module, x: torch.Tensor, kind="black", blur_sigma: f
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"{fn}: x must be a batch [N, 3, H, W], got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not x.is_floating_point():
+        raise ValueError(f"{fn}: x must be a float tensor (normalised pixels), got {x.dtype}; "
+                         f"make it with helpers.images.to_tensor(image, model)")
     if isinstance(kind, torch.Tensor):
         try:
             return kind.detach().to(device=x.device, dtype=x.dtype).expand_as(x)

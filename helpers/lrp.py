@@ -391,6 +391,9 @@ def relevance_image(R, percentile: float = 99.5) -> np.ndarray:
         r = r[0]
     if r.ndim == 3:
         r = r.sum(0)
+    if r.ndim != 2:
+        raise ValueError(f"relevance_image draws one image's relevance [3, H, W] or [H, W], got shape "
+                         f"{r.shape}; index a batch first (R[0])")
     scale = np.percentile(np.abs(r), percentile)
     v = np.clip(r / scale, -1, 1) if scale > 0 else np.zeros_like(r)
     return matplotlib.colormaps["bwr"](0.5 + 0.5 * v)[..., :3]
@@ -403,6 +406,10 @@ def mask_share(R, mask) -> float:
     Explained in chapter 09, Layer-wise relevance propagation.
     """
     r = R.detach().cpu().sum(0) if isinstance(R, torch.Tensor) and R.ndim == 3 else torch.as_tensor(R)
+    m = torch.as_tensor(mask, dtype=torch.bool)
+    if r.ndim != 2 or m.shape != r.shape:
+        raise ValueError(f"mask_share takes one image's relevance [3, H, W] or [H, W] and its mask [H, W]; "
+                         f"got relevance {tuple(R.shape)} and mask {tuple(m.shape)} (index a batch first: R[0])")
     pos = r.clamp(min=0)
     total = float(pos.sum())
-    return float(pos[torch.as_tensor(mask, dtype=torch.bool).to(pos.device)].sum()) / total if total > 0 else 0.0
+    return float(pos[m.to(pos.device)].sum()) / total if total > 0 else 0.0

@@ -286,6 +286,8 @@ def scenes(seeds, n_objects: int = 1, size: int = SIZE) -> list:
 
     Explained in chapter 00, Models and images.
     """
+    if isinstance(seeds, (int, str)) or not hasattr(seeds, "__iter__"):
+        raise TypeError(f"seeds must be several ints, e.g. range(8) or [0, 5], got {seeds!r}")
     return [scene(int(s), n_objects, size) for s in seeds]
 
 

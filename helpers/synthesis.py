@@ -94,11 +94,15 @@ def _targets(model: nn.Module, target):
     return ts, False
 
 
-def _check_x(model: nn.Module, x) -> torch.Tensor:
+def _check_shape(x) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a normalised image tensor [N, 3, H, W], got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"x must be a normalised batch [N, 3, H, W], got shape {tuple(x.shape)}")
+    if x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1:
+        raise ValueError(f"x must be a normalised batch [N, 3, H, W] with N >= 1, got shape {tuple(x.shape)}")
+
+
+def _check_x(model: nn.Module, x) -> torch.Tensor:
+    _check_shape(x)
     p = to_pixels(model, x.detach().float())
     lo, hi = float(p.min()), float(p.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
@@ -561,6 +565,7 @@ def distortion(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor) -> dict:
 
 # ------------------------------------------------------------------ what a saved image goes through
 def _to_uint8(model, x) -> np.ndarray:
+    _check_shape(x)               # (pixels a little out of range are clipped, as saving clips them)
     p = to_pixels(model, x.detach().float().cpu()).clamp(0, 1)
     return (p * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 

@@ -286,3 +286,16 @@ def test_mask_share_counts_positive_relevance_summed_over_channels():
     # an [H, W] map (numpy too) is taken as it is
     assert lrp.mask_share(R.sum(0).numpy(), mask) == pytest.approx(3 / 4.5)
     assert lrp.mask_share(-R.abs(), mask) == 0.0   # no positive relevance at all
+
+
+def test_relevance_image_and_mask_share_take_one_image():
+    """A batch from lrp.lrp gave a [2, 3, H, W, 3] 'image' and an IndexError deep in mask_share."""
+    R = torch.randn(2, 3, 8, 8)
+    mask = np.zeros((8, 8), bool)
+    with pytest.raises(ValueError, match=r"one image's relevance .*index a batch first \(R\[0\]\)"):
+        lrp.relevance_image(R)
+    with pytest.raises(ValueError, match=r"index a batch first: R\[0\]"):
+        lrp.mask_share(R, mask)
+    with pytest.raises(ValueError, match=r"mask \(7, 8\)"):
+        lrp.mask_share(R[0], mask[:7])
+    assert lrp.relevance_image(R[0]).shape == (8, 8, 3) and lrp.relevance_image(R[:1]).shape == (8, 8, 3)

@@ -233,3 +233,10 @@ def test_train_runs_and_writes(tmp_path):
     assert isinstance(m, shapes.ShapesNet)
     # training restores the global torch settings it changes
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_batch_of_a_number_says_to_give_several_seeds():
+    """shapes.batch(8) was "'int' object is not iterable", and batch("5") made the scene of seed 5."""
+    for bad in (8, "5"):
+        with pytest.raises(TypeError, match=r"seeds must be several ints, e\.g\. range\(8\)"):
+            shapes.batch(bad)

@@ -364,3 +364,15 @@ def test_imagenet_architectures(name):
     assert model.training
     with pytest.raises(ValueError, match=r"0\.\.999"):
         synthesis.class_image(model, 1000, steps=1, size=64, progress=False)
+
+
+def test_what_a_saved_image_goes_through_takes_only_rgb_batches():
+    """A grey batch was broadcast to RGB in silence, RGBA and numpy failed deep inside."""
+    net = models.load("shapesnet")
+    x, _ = shapes.batch(range(1))
+    for bad in (x[:, :1], torch.cat([x, x[:, :1]], 1), x[:0]):
+        for fn in (synthesis.quantize, synthesis.jpeg, synthesis.blur):
+            with pytest.raises(ValueError, match=r"x must be a normalised batch \[N, 3, H, W\] with N >= 1"):
+                fn(net, bad)
+    with pytest.raises(TypeError, match="x must be a normalised image tensor"):
+        synthesis.quantize(net, x.numpy())
