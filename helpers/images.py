@@ -280,6 +280,9 @@ def load(source: PathOrBytes, name: str | None = None) -> np.ndarray:
 def _check_array(image, what: str, any_channels: bool = False) -> np.ndarray:
     if isinstance(image, Image.Image):
         image = load(image)
+    if isinstance(image, torch.Tensor):
+        raise TypeError(f"{what}() takes an image array [H, W, 3] (uint8, as images.load gives), not a "
+                        f"tensor {tuple(image.shape)}; a normalised batch becomes one with images.to_image(x, model=model)")
     a = np.asarray(image)
     if a.ndim not in (2, 3) or (a.ndim == 3 and not any_channels and a.shape[2] not in (1, 3, 4)):
         raise ValueError(f"{what}() takes an image array H x W or H x W x C "

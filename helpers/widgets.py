@@ -108,6 +108,12 @@ class LayerPicker(_Picker, W.Dropdown):
 
     def __init__(self, model, layers=None, value=None, **kwargs):
         layers = list(layers) if layers is not None else models.conv_layers(model)
+        if not layers:
+            raise ValueError("layers is empty: give layer names (e.g. models.conv_layers(model)), or None for the conv layers")
+        for name in layers + ([] if value is None else [value]):
+            models.layer(model, name)            # a typo is a ValueError listing the valid names
+        if value is not None and value not in layers:
+            raise ValueError(f"value {value!r} is not one of the layers offered: {', '.join(layers)}")
         super().__init__(options=layers, value=value if value is not None else layers[-1],
                          description="layer", style=_STYLE, layout=_WIDE, **kwargs)
 

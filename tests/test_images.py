@@ -521,3 +521,10 @@ def test_examples_json():
             assert categories[t] == label
     two = [e for e in examples if e["file"] == "cat_and_coffee.jpg"][0]
     assert two["targets"] == [281, 967]
+
+
+def test_a_tensor_given_to_the_array_functions_says_to_use_to_image():
+    """images.resize(x[0], 64) with a [3, H, W] tensor returned a (64, 2730, 128) array in silence."""
+    x = torch.rand(3, 128, 128)
+    with pytest.raises(TypeError, match=r"not a tensor \(3, 128, 128\).*images.to_image"):
+        images.resize(x, 64)

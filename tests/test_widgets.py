@@ -88,3 +88,17 @@ def test_picker_and_slider_arguments(model):
     assert widgets.image_picker(model, value=first.name).value is first
     s = widgets.slider(1, 0.01, 10, log=True)                      # an int start on a log scale
     assert isinstance(s, W.FloatLogSlider) and (s.min, s.max, s.value) == (-2, 1, 1)
+
+
+def test_layer_and_filter_pickers_check_names_and_ranges(model):
+    """A typo in a layer name was accepted (and failed later) or a TraitError. (A filter beyond the
+    layer's count is clamped to its last one, by design: a chapter's filter number then works in both
+    worlds; test_pickers checks it.)"""
+    with pytest.raises(ValueError, match="features.16"):            # the valid names are listed
+        widgets.layer_picker(model, value="feature.16")
+    with pytest.raises(ValueError, match="features.16"):
+        widgets.layer_picker(model, layers=["feature.16"])
+    with pytest.raises(ValueError, match="layers is empty"):
+        widgets.layer_picker(model, layers=[])
+    with pytest.raises(ValueError, match=r"not one of the layers offered"):
+        widgets.layer_picker(model, layers=["features.3"], value="features.6")
