@@ -107,7 +107,7 @@ def forward_with_switches(model: nn.Module, x: torch.Tensor, layer):
     the position of the maximum of every pooling window. Explained in chapter 05, DeconvNet.
     """
     feats, stop = _index(model, layer)
-    h, records = models.as_input(model, _check_x(x)), []
+    h, records = models.check_batch(model, x), []
     for i in range(stop + 1):
         m = feats[i]
         size = tuple(h.shape[-2:])
@@ -205,14 +205,6 @@ def _check_channel(act: torch.Tensor, channel, name: str) -> int:
     return int(channel)
 
 
-def _check_x(x) -> torch.Tensor:
-    if (not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1
-            or not x.is_floating_point()):
-        shape = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"x must be a normalised float batch [N, 3, H, W] with N >= 1 (images.to_tensor), got {shape}")
-    return x
-
-
 def keep_one(act: torch.Tensor, channel: int, positions) -> torch.Tensor:
     """A copy of ``act`` where only ``act[n, channel, row, col]`` is kept (one per image), all else 0."""
     seed = torch.zeros_like(act)
@@ -247,7 +239,7 @@ def reconstruct(model: nn.Module, x: torch.Tensor, layer, channel: int, position
     ``layer`` must be in ``model.features`` (an ``nn.Sequential`` of Conv2d, ReLU, MaxPool2d);
     other networks raise ``ValueError``. Explained in chapter 05, DeconvNet.
     """
-    _check_x(x)
+    models.check_images(x)
     with hooks.frozen(model), torch.no_grad():
         signal, _, _ = _reconstruct(model, x, layer, channel, position)
     return signal.cpu()
@@ -343,7 +335,7 @@ def top_activations(model: nn.Module, images, layer, channel: int, k: int = 9, b
     """
     from tqdm.auto import tqdm
 
-    x = _check_x(images)
+    x = models.check_images(images)
     k = models.positive_int(k, "k")
     batch_size = models.positive_int(batch_size, "batch_size")
 
@@ -400,7 +392,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target, size: int | None = None
     """
     from tqdm.auto import tqdm
 
-    _check_x(x)
+    models.check_images(x)
     n, _, h, w = x.shape
     targets = models.check_target(model, target, n)
     size = int(size) if size is not None else max(1, min(h, w) // 4)

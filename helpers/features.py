@@ -58,10 +58,7 @@ def _check_x(x, what: str) -> torch.Tensor:
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"{what}() takes a normalised image batch [N, 3, H, W], got shape "
                          f"{tuple(x.shape)}; a single image [3, H, W] needs x[None]")
-    if x.shape[0] < 1 or not x.is_floating_point():
-        raise ValueError(f"{what}() takes a normalised float batch [N, 3, H, W] with N >= 1 "
-                         f"(images.to_tensor), got {x.shape[0]} images of {x.dtype}")
-    return x
+    return models.check_images(x)                 # and float, N >= 1
 
 
 def _known_channels(module: nn.Module):

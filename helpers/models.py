@@ -233,14 +233,19 @@ def as_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x.detach().to(device=p.device, dtype=p.dtype)
 
 
-def check_batch(model: nn.Module, x) -> torch.Tensor:
-    """``x`` checked to be a normalised float batch ``[N, 3, H, W]`` with N >= 1 (``ValueError``
-    saying what it got), then :func:`as_input`: detached, on the model's device and dtype."""
+def check_images(x) -> torch.Tensor:
+    """``x`` itself, checked to be a normalised float batch ``[N, 3, H, W]`` with N >= 1
+    (``ValueError`` saying what it got)."""
     if (not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1
             or not x.is_floating_point()):
         what = f"shape {tuple(x.shape)}, {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"x must be a normalised float batch [N, 3, H, W] with N >= 1 (images.to_tensor), got {what}")
-    return as_input(model, x)
+    return x
+
+
+def check_batch(model: nn.Module, x) -> torch.Tensor:
+    """:func:`check_images`, then :func:`as_input`: detached, on the model's device and dtype."""
+    return as_input(model, check_images(x))
 
 
 def positive_int(value, what: str, meaning: str = "", minimum: int = 1) -> int:

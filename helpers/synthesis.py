@@ -97,8 +97,7 @@ def _targets(model: nn.Module, target):
 def _check_shape(x) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a normalised image tensor [N, 3, H, W], got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != 3 or x.shape[0] < 1:
-        raise ValueError(f"x must be a normalised batch [N, 3, H, W] with N >= 1, got shape {tuple(x.shape)}")
+    models.check_images(x)
 
 
 def _check_x(model: nn.Module, x) -> torch.Tensor:

@@ -372,7 +372,7 @@ def test_what_a_saved_image_goes_through_takes_only_rgb_batches():
     x, _ = shapes.batch(range(1))
     for bad in (x[:, :1], torch.cat([x, x[:, :1]], 1), x[:0]):
         for fn in (synthesis.quantize, synthesis.jpeg, synthesis.blur):
-            with pytest.raises(ValueError, match=r"x must be a normalised batch \[N, 3, H, W\] with N >= 1"):
+            with pytest.raises(ValueError, match=r"x must be a normalised float batch \[N, 3, H, W\] with N >= 1"):
                 fn(net, bad)
     with pytest.raises(TypeError, match="x must be a normalised image tensor"):
         synthesis.quantize(net, x.numpy())
