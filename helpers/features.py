@@ -696,8 +696,9 @@ def relative_error(model: nn.Module, x: torch.Tensor, x0: torch.Tensor, layer) -
     return (a - a0).flatten(1).norm(dim=1) / a0.flatten(1).norm(dim=1).clamp_min(1e-12)
 
 
-#: Typical magnitude of a mean-subtracted pixel (the paper's B = 80 of 255) and of the
-#: difference between neighbouring pixels (V = B / 6.5), in pixel units of [0, 1].
+#: Typical magnitude of a mean-subtracted pixel (B = 80 of 255) and of the difference between
+#: neighbouring pixels (V = B / 6.5), in pixel units of [0, 1]: the values of the method's journal
+#: version (Mahendran & Vedaldi, IJCV 2016), which divides the priors by H W B^alpha and H W V^beta.
 B_PIXEL = 80 / 255
 V_PIXEL = B_PIXEL / 6.5
 

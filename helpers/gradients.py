@@ -90,12 +90,6 @@ def _check_x(model: nn.Module, x, fn: str) -> torch.Tensor:
     return models.as_input(model, x)
 
 
-def _check_int(value, name: str, fn: str, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lo:
-        raise ValueError(f"{fn}: {name} must be an integer >= {lo}, got {value!r}")
-    return int(value)
-
-
 def _check_objective(model, n: int, target, layer, channel, reduce: str, fn: str):
     """Validate what is differentiated: a class score (``target``) or a filter (``layer`` + ``channel``)."""
     if reduce not in _REDUCE:
@@ -139,7 +133,7 @@ def _batch_size(batch_size, model: nn.Module, x: torch.Tensor, fn: str) -> int:
         if x.device.type == "cpu":
             return max(1, min(_CPU_BATCH, _CPU_BATCH_BYTES // max(1, _largest_output(model, x))))
         return max(1, _GPU_BATCH_PIXELS // (x.shape[-1] * x.shape[-2]))
-    return _check_int(batch_size, "batch_size", fn)
+    return models.positive_int(batch_size, f"{fn}: batch_size")
 
 
 def _progress(total: int, progress: bool, desc: str):
@@ -362,7 +356,7 @@ def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, baselin
     """
     fn = "integrated_gradients"
     x = _check_x(model, x, fn)
-    steps = _check_int(steps, "steps", fn)
+    steps = models.positive_int(steps, f"{fn}: steps")
     bs = _batch_size(batch_size, model, x, fn)
     n = len(x)
     ref = make_baseline(model, x, baseline, generator=generator)
@@ -416,7 +410,7 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
     if not callable(method):
         raise ValueError(f"{fn}: method must be a function like gradients.vanilla, gradients.guided or "
                          f"gradients.integrated_gradients, got {method!r}")
-    samples = _check_int(samples, "samples", fn)
+    samples = models.positive_int(samples, f"{fn}: samples")
     if isinstance(noise, bool) or not isinstance(noise, numbers.Real) or not noise >= 0:
         raise ValueError(f"{fn}: noise is the standard deviation as a fraction of the input range, "
                          f"a number >= 0 (the paper uses 0.1 to 0.2), got {noise!r}")

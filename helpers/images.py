@@ -567,13 +567,18 @@ def photo(name: str) -> np.ndarray:
 # ======================================================================================
 
 
-@dataclass(eq=False)      # compared by identity: the generated == would compare the image arrays
+@dataclass(eq=False, frozen=True)   # compared by identity: the generated == would compare the image arrays
 class Example:
     """One example image of a world, with what is known about it.
 
     ``target`` is the class to explain (an index, or None when the image has no single class);
     ``targets`` lists every class present (two-object images have two); in the shapes world
     ``mask``/``masks`` are the exact pixels of the target object / of each object in ``targets``.
+
+    The examples are made once per session and shared by every call of :func:`examples`, so they
+    cannot be changed: the fields are frozen and the arrays read-only (``ex.image.copy()`` gives
+    an array of your own to draw on). A cell that painted into ``ex.image`` would otherwise
+    change the picture for every later cell and widget.
 
     Explained in chapter 00, Models and images.
     """
@@ -591,6 +596,13 @@ class Example:
                 f"target={self.target} {self.label!r}, targets={self.targets})")
 
 
+def _kept(a):
+    """``a`` made read-only (an example's array, shared by every call of :func:`examples`)."""
+    if a is not None:
+        a.flags.writeable = False
+    return a
+
+
 #: seeds of the shapes world's example scenes start here (held-out range, never used in training)
 EXAMPLE_SEED = 100
 
@@ -606,8 +618,8 @@ def _shapes_examples() -> tuple:
         s = shapes.scene(seed)
         c = s.labels[0]
         if c in wanted:
-            found[c] = Example(f"{shapes.CLASSES[c]} (scene {seed})", s.image, c, shapes.CLASSES[c],
-                               s.masks[0], [c], s.masks)
+            found[c] = Example(f"{shapes.CLASSES[c]} (scene {seed})", _kept(s.image), c, shapes.CLASSES[c],
+                               _kept(s.masks[0]), [c], _kept(s.masks))
             wanted.remove(c)
         seed += 1
     out = [found[c] for c in range(len(shapes.CLASSES))]
@@ -619,8 +631,8 @@ def _shapes_examples() -> tuple:
             continue
         used |= set(s.labels)
         names = " and ".join(s.names)
-        out.append(Example(f"{names} (scene {seed - 1}, two objects)", s.image, s.labels[0], s.names[0],
-                           s.masks[0], list(s.labels), s.masks))
+        out.append(Example(f"{names} (scene {seed - 1}, two objects)", _kept(s.image), s.labels[0], s.names[0],
+                           _kept(s.masks[0]), list(s.labels), _kept(s.masks)))
     return tuple(out)
 
 
@@ -634,7 +646,7 @@ def _imagenet_examples() -> tuple:
             continue
         target = e.get("target")
         targets = list(e.get("targets") or ([target] if target is not None else []))
-        out.append(Example(e.get("name", path.stem), load(path), target,
+        out.append(Example(e.get("name", path.stem), _kept(load(path)), target,
                            names[target] if target is not None else None, None, targets, None))
     return tuple(out)
 

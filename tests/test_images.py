@@ -528,3 +528,29 @@ def test_a_tensor_given_to_the_array_functions_says_to_use_to_image():
     x = torch.rand(3, 128, 128)
     with pytest.raises(TypeError, match=r"not a tensor \(3, 128, 128\).*images.to_image"):
         images.resize(x, 64)
+
+
+def test_the_shared_examples_cannot_be_changed_by_a_cell():
+    """examples() hands out the same cached objects to every call: a cell that painted into
+    ``ex.image`` (or set ``ex.target``) changed the picture for every later cell and widget."""
+    from helpers import models
+
+    shapes_model = models.load("shapesnet")
+    for world in (images._shapes_examples(), images._imagenet_examples()):
+        assert world, "no examples"
+        for ex in world:
+            for a in (ex.image, ex.mask, ex.masks):
+                if a is not None:
+                    with pytest.raises(ValueError, match="read-only"):
+                        a[0, 0] = 0
+            with pytest.raises(AttributeError):
+                ex.target = 0
+    first = images.examples(shapes_model)[0]
+    before = first.image.copy()
+    mine = first.image.copy()                     # what a reader does to draw on one
+    mine[:] = 0
+    again = images.examples(shapes_model)[0]
+    assert again is first and np.array_equal(again.image, before) and before.any()
+    # the tensor made from a read-only example is the model's input as before, and writable
+    x = images.to_tensor(first.image, shapes_model)
+    x.add_(0)
