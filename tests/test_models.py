@@ -342,3 +342,34 @@ def test_a_model_name_where_the_model_goes_is_a_type_error_saying_what_to_do():
                  lambda: images.to_tensor(image, "shapesnet"), lambda: models.layer("shapesnet", "features.1")):
         with pytest.raises(TypeError, match=r"model must be a network, an nn.Module \(models.load\('shapesnet'\) makes it\); got str"):
             call()
+
+
+def test_raw_pixels_or_nan_where_a_normalised_image_goes_are_a_value_error():
+    """Raw 0..255 pixels (torch.tensor(image).permute(2, 0, 1)[None].float(), a student's usual first
+    try) ran through every method and gave plausible-looking, wrong maps; NaN gave NaN maps."""
+    from helpers import cam, deconvnet, features, gradients, lrp, shapes
+    net = models.load("shapesnet")
+    image = shapes.scene(0).image
+    raw = torch.from_numpy(image.copy()).permute(2, 0, 1)[None].float()       # 0..255
+    good, _ = shapes.batch(range(1))
+    nan = good.clone()
+    nan[0, 1, 5, 5] = float("nan")
+    calls = {
+        "vanilla": lambda x: gradients.vanilla(net, x, 1),
+        "integrated_gradients": lambda x: gradients.integrated_gradients(net, x, 1, steps=2, progress=False),
+        "grad_cam": lambda x: cam.grad_cam(net, x, 1),
+        "score_cam": lambda x: cam.score_cam(net, x, 1, progress=False),
+        "feature_maps": lambda x: features.feature_maps(net, x, "features.1"),
+        "deep_dream": lambda x: features.deep_dream(net, x, "features.4", steps=1, progress=False),
+        "lrp": lambda x: lrp.lrp(net, x, 1),
+        "deconvnet": lambda x: deconvnet.reconstruct(net, x, "features.4", 0),
+        "predict": lambda x: models.predict(net, x),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"values up to 255 .*images.to_tensor"):
+            call(raw)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            call(nan)
+        call(good)                              # the normalised image passes
+    # the limit leaves room: a normalised image of any of the worlds, pushed a little, passes
+    assert float(good.abs().max()) < 3 and models.check_images(good * 5) is not None
