@@ -228,6 +228,11 @@ def test_black_baseline_is_pixel_zero_not_tensor_zero():
     blur = gradients.make_baseline(model, x, "blur")
     assert torch.allclose(blur.mean((2, 3)), x.mean((2, 3)), atol=0.05)  # colours stay
     assert blur.diff(dim=-1).abs().mean() < 0.2 * x.diff(dim=-1).abs().mean()  # edges go
+    # half precision comes back in its dtype, the float32 blur rounded (computed in float32 on a
+    # CPU: torch's float16 convolution there took about a minute per image)
+    for dt in (torch.float16, torch.bfloat16):
+        half = gradients.make_baseline(model, x.to(dt), "blur")
+        assert half.dtype == dt and torch.allclose(half.float(), blur, atol=2e-2)
     noise = images.to_image(gradients.make_baseline(model, x, "noise", generator=torch.Generator().manual_seed(0)),
                             model=model)
     assert noise.min() <= 2 and noise.max() >= 253 and abs(noise.mean() - 127.5) < 3
