@@ -209,14 +209,20 @@ def _one_hot(logits: torch.Tensor, image: list, classes: list) -> torch.Tensor:
     return g
 
 
+#: Several classes of one image: at most this many one-hot rows per batched backward pass. The
+#: memory of such a pass grows with the rows times the gradients between the scores and the layer
+#: (megabytes a class for a shallow layer of VGG16 at 224 x 224), so 1000 classes go 32 at a time.
+_CLASS_CHUNK = 32
+
+
 def _class_gradients(logits, activations, image, classes, retain_graph=False, eye=None):
     """d y^c / d A for each output map: a list (one per layer) of ``[M, K, h, w]``.
 
     One backward pass when every image has one class (the scores are summed: images of a
-    batch do not interact in eval mode); several classes of one image are done as a batch of
-    gradients in one call (``is_grads_batched``), with a loop as fallback. ``eye``, the identity
-    ``[C, C]`` (kept by :class:`Cached`), gives the one-hot rows that start the backward pass at
-    the chosen scores without adding an indexing step to the graph.
+    batch do not interact in eval mode); several classes of one image are done as batches of
+    gradients (``is_grads_batched``), :data:`_CLASS_CHUNK` classes per call, with a loop as
+    fallback. ``eye``, the identity ``[C, C]`` (kept by :class:`Cached`), gives the one-hot rows
+    that start the backward pass at the chosen scores without adding an indexing step to the graph.
     """
     n = logits.shape[0]
     if image == list(range(n)):                                 # one map per image, in order
@@ -227,8 +233,13 @@ def _class_gradients(logits, activations, image, classes, retain_graph=False, ey
         return list(torch.autograd.grad(score, activations, retain_graph=retain_graph))
     onehots = _one_hot(logits, image, classes)
     try:
-        grads = torch.autograd.grad(logits, activations, onehots, retain_graph=True, is_grads_batched=True)
-        grads = [g[list(range(len(classes))), image] for g in grads]
+        parts = []
+        for s in range(0, len(classes), _CLASS_CHUNK):     # at most _CLASS_CHUNK maps per pass
+            chunk = torch.autograd.grad(logits, activations, onehots[s:s + _CLASS_CHUNK], retain_graph=True,
+                                        is_grads_batched=True)
+            rows = list(range(len(onehots[s:s + _CLASS_CHUNK])))
+            parts.append([g[rows, image[s:s + _CLASS_CHUNK]] for g in chunk])     # each map's own image
+        grads = [p[0] if len(parts) == 1 else torch.cat(p) for p in zip(*parts)]
     except RuntimeError:  # pragma: no cover - an op without a batching rule: one class at a time
         grads = None
     if grads is None:  # pragma: no cover

@@ -627,6 +627,31 @@ def test_several_classes_of_one_image_as_a_numpy_array():
     torch.testing.assert_close(cam.Cached(model, x).grad_cam(np.array([1, 2])), ref)
 
 
+def test_many_classes_of_one_image_go_in_chunks_and_equal_one_class_at_a_time(monkeypatch):
+    """Several classes of one image were one batched backward pass over all of them: memory grew
+    with the number of classes times every gradient between the scores and the layer (all 1000
+    ImageNet classes at a shallow layer: gigabytes). Now at most cam._CLASS_CHUNK rows per pass."""
+    model, x = model_and_input("shapesnet", n=1)
+    classes = list(range(len(models.class_names(model)))) * 2 + [3]           # repeats too
+    layer = "features.4"                                                     # shallow: a real backward pass
+    alone = {c: (cam.layer_cam(model, x, c, layer), cam.grad_cam_pp(model, x, c, layer)) for c in set(classes)}
+    rows = []
+    original = torch.autograd.grad
+
+    def counting(outputs, inputs, grad_outputs=None, *args, is_grads_batched=False, **kwargs):
+        if is_grads_batched:
+            rows.append(len(grad_outputs))
+        return original(outputs, inputs, grad_outputs, *args, is_grads_batched=is_grads_batched, **kwargs)
+    monkeypatch.setattr(torch.autograd, "grad", counting)
+    monkeypatch.setattr(cam, "_CLASS_CHUNK", 4)
+    together = cam.layer_cam(model, x, classes, layer), cam.grad_cam_pp(model, x, classes, layer)
+    m = len(classes)
+    assert rows == ([4] * (m // 4) + [m % 4] * (m % 4 > 0)) * 2 and m % 4 > 0   # each call in chunks
+    for i, c in enumerate(classes):
+        torch.testing.assert_close(together[0][i], alone[c][0][0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(together[1][i], alone[c][1][0], atol=1e-5, rtol=0)
+
+
 def test_score_cam_progress_bar_ends_at_its_total_when_channels_are_skipped(monkeypatch):
     """Constant channels (their mask is all zero) are not run: the bar counts only the batches run."""
     import tqdm.auto
