@@ -857,7 +857,8 @@ class Cached:
     its autograd graph, which is kept. A new class then costs only a backward pass through
     that part (from the class score back to ``A``; for Grad-CAM back to the first linear layer
     where only pooling lies between, or none on a GAP network): no forward pass at all, and
-    nothing before the layer. Several classes of one image are one batched backward pass.
+    nothing before the layer. Several classes of one image are one batched backward pass (up to
+    :data:`_CLASS_CHUNK` classes a pass).
     :meth:`score_cam` keeps its masked images' probabilities for every class, so it too
     re-targets for free. The model is not changed; the cache holds as long as the model's
     weights are not changed: after an in-place change (an optimiser step, ``mul_`` under
