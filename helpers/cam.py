@@ -235,10 +235,9 @@ def _class_gradients(logits, activations, image, classes, retain_graph=False, ey
     try:
         parts = []
         for s in range(0, len(classes), _CLASS_CHUNK):     # at most _CLASS_CHUNK maps per pass
-            chunk = torch.autograd.grad(logits, activations, onehots[s:s + _CLASS_CHUNK], retain_graph=True,
-                                        is_grads_batched=True)
-            rows = list(range(len(onehots[s:s + _CLASS_CHUNK])))
-            parts.append([g[rows, image[s:s + _CLASS_CHUNK]] for g in chunk])     # each map's own image
+            rows = onehots[s:s + _CLASS_CHUNK]
+            chunk = torch.autograd.grad(logits, activations, rows, retain_graph=True, is_grads_batched=True)
+            parts.append([g[list(range(len(rows))), image[s:s + _CLASS_CHUNK]] for g in chunk])  # own image
         grads = [p[0] if len(parts) == 1 else torch.cat(p) for p in zip(*parts)]
     except RuntimeError:  # pragma: no cover - an op without a batching rule: one class at a time
         grads = None

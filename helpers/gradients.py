@@ -338,7 +338,8 @@ def grad_x_image(model: nn.Module, x: torch.Tensor, target=None, baseline=None) 
     """
     xd = _check_x(model, x, "grad_x_image")
     ref = make_baseline(model, xd, baseline)
-    return vanilla(model, xd, target) * (xd - ref).cpu()
+    with models.made_from_checked_input():          # xd is checked: no second check in vanilla
+        return vanilla(model, xd, target) * (xd - ref).cpu()
 
 
 def integrated_gradients(model: nn.Module, x: torch.Tensor, target=None, baseline=None, steps: int = 50,
@@ -453,10 +454,11 @@ def smoothgrad(model: nn.Module, x: torch.Tensor, target=None, method=vanilla, s
     if "batch_size" in params:  # the method batches its own work (integrated gradients)
         xs, i = noisy(torch.arange(n * samples))
         extra = {"progress": progress} if "progress" in params else {}
-        maps = method(model, xs, None if t is None else t[i].tolist(), batch_size=bs, **extra, **kwargs)
+        with models.made_from_checked_input():     # large noise may pass the input limit: not an error
+            maps = method(model, xs, None if t is None else t[i].tolist(), batch_size=bs, **extra, **kwargs)
         return maps.view(samples, n, *maps.shape[1:]).mean(0)
     total = None
-    with _progress(n * samples, progress, "smoothgrad") as bar:
+    with _progress(n * samples, progress, "smoothgrad") as bar, models.made_from_checked_input():
         for start in range(0, n * samples, bs):
             xs, i = noisy(torch.arange(start, min(start + bs, n * samples)))
             maps = method(model, xs, None if t is None else t[i].tolist(), **kwargs).detach().cpu()

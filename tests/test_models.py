@@ -373,3 +373,23 @@ def test_raw_pixels_or_nan_where_a_normalised_image_goes_are_a_value_error():
         call(good)                              # the normalised image passes
     # the limit leaves room: a normalised image of any of the worlds, pushed a little, passes
     assert float(good.abs().max()) < 3 and models.check_images(good * 5) is not None
+
+
+def test_smoothgrad_at_a_large_noise_is_not_taken_for_raw_pixels():
+    """The range check applies to the reader's input, not to SmoothGrad's noisy copies of it: at
+    noise 2 (sigma twice the image's range) the copies pass +-20, which is no mistake of the
+    reader's. The caller's raw pixels are still refused, and the check is on again afterwards."""
+    from helpers import gradients, shapes
+    net = models.load("shapesnet")
+    good, _ = shapes.batch(range(1))
+    g = torch.Generator().manual_seed(0)
+    for method in (gradients.vanilla, gradients.integrated_gradients, gradients.grad_x_image):
+        extra = {"steps": 2} if method is gradients.integrated_gradients else {}
+        m = gradients.smoothgrad(net, good, 1, method=method, noise=2.0, samples=4, progress=False,
+                                 generator=g, **extra)
+        assert torch.isfinite(m).all() and m.abs().sum() > 0
+    raw = good * 255
+    with pytest.raises(ValueError, match="images.to_tensor"):
+        gradients.smoothgrad(net, raw, 1, samples=2, progress=False)
+    with pytest.raises(ValueError, match="images.to_tensor"):
+        gradients.vanilla(net, raw, 1)
