@@ -698,7 +698,8 @@ def relative_error(model: nn.Module, x: torch.Tensor, x0: torch.Tensor, layer) -
 
 #: Typical magnitude of a mean-subtracted pixel (B = 80 of 255) and of the difference between
 #: neighbouring pixels (V = B / 6.5), in pixel units of [0, 1]: the values of the method's journal
-#: version (Mahendran & Vedaldi, IJCV 2016), which divides the priors by H W B^alpha and H W V^beta.
+#: version (Mahendran & Vedaldi, IJCV 2016), which divides the priors by H W B^alpha and H W V^beta;
+#: the authors' released code for it (nnpreimage) weighs the priors by B^-alpha and (6.5 / B)^beta, B = 80.
 B_PIXEL = 80 / 255
 V_PIXEL = B_PIXEL / 6.5
 

@@ -107,9 +107,29 @@ def frozen(model: nn.Module, eval_mode: bool = True):
         _restore(state)
 
 
+#: :func:`_in_eval_mode` walks at most this many entries before it takes the careful walk instead
+_QUICK_WALK = 100_000
+
+
 def _in_eval_mode(model: nn.Module) -> bool:
-    """Whether every module of the model is in eval mode."""
-    return not any(m.__dict__.get("training") for m in _modules_once(model))
+    """Whether every module of the model is in eval mode.
+
+    Runs on every call of the methods that run the model under ``torch.no_grad()``, so it walks
+    the ``_modules`` dicts without :func:`_modules_once`'s bookkeeping (half the time on a small
+    network): a shared module is then looked at once per place it is registered, which does not
+    change the answer. A walk that grows past :data:`_QUICK_WALK` entries (a module registered
+    inside itself would never end) takes :func:`_modules_once`, which visits each module once."""
+    todo = [model]
+    for m in todo:                                  # the list grows while it is walked
+        if m is None:                               # a child registered as None
+            continue
+        d = m.__dict__
+        if d.get("training"):
+            return False
+        todo += d["_modules"].values()
+        if len(todo) > _QUICK_WALK:
+            return not any(m.__dict__.get("training") for m in _modules_once(model))
+    return True
 
 
 @contextlib.contextmanager

@@ -205,3 +205,24 @@ def test_frozen_restores_requires_grad_and_mode():
     with hooks.frozen(net):
         assert not any(p.requires_grad for p in net.parameters()) and not net.training
     assert snapshot(net) == before
+
+
+def test_evaluated_sees_a_training_module_anywhere_and_survives_none_and_cycles(monkeypatch):
+    deep = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Sequential(torch.nn.Dropout(0.5)))
+    net = torch.nn.Sequential(torch.nn.Identity(), deep).eval()
+    net.register_module("empty", None)                       # a child registered as None
+    assert hooks._in_eval_mode(net)
+    deep[1][0].train()                                      # one Dropout deep inside in training mode
+    assert not hooks._in_eval_mode(net)
+    with hooks.evaluated(net):                              # evaluated puts it in eval mode, then back
+        assert not deep[1][0].training
+    assert deep[1][0].training
+    deep[1][0].eval()
+    shared = torch.nn.ReLU()
+    net.add_module("again", torch.nn.Sequential(shared, shared).eval())   # one module, two places
+    assert hooks._in_eval_mode(net)
+    deep[1].add_module("loop", net)                          # a module inside itself: the quick walk
+    monkeypatch.setattr(hooks, "_QUICK_WALK", 50)            # would never end; the careful walk decides
+    assert hooks._in_eval_mode(net)
+    shared.train()
+    assert not hooks._in_eval_mode(net)
