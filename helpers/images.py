@@ -22,7 +22,7 @@ import io
 import json
 import os
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
 
@@ -572,7 +572,7 @@ class Example:
     """One example image of a world, with what is known about it.
 
     ``target`` is the class to explain (an index, or None when the image has no single class);
-    ``targets`` lists every class present (two-object images have two); in the shapes world
+    ``targets`` lists every class present, a tuple (two-object images have two); in the shapes world
     ``mask``/``masks`` are the exact pixels of the target object / of each object in ``targets``.
 
     The examples are made once per session and shared by every call of :func:`examples`, so they
@@ -588,12 +588,16 @@ class Example:
     target: int | None
     label: str | None = None
     mask: np.ndarray | None = None
-    targets: list = field(default_factory=list)
+    targets: tuple = ()
     masks: np.ndarray | None = None
+
+    def __post_init__(self):
+        # a tuple, so that no cell can append to the shared example's classes either
+        object.__setattr__(self, "targets", tuple(self.targets))
 
     def __repr__(self) -> str:
         return (f"Example({self.name!r}, image {self.image.shape[1]}x{self.image.shape[0]}, "
-                f"target={self.target} {self.label!r}, targets={self.targets})")
+                f"target={self.target} {self.label!r}, targets={list(self.targets)})")
 
 
 def _kept(a):
@@ -619,7 +623,7 @@ def _shapes_examples() -> tuple:
         c = s.labels[0]
         if c in wanted:
             found[c] = Example(f"{shapes.CLASSES[c]} (scene {seed})", _kept(s.image), c, shapes.CLASSES[c],
-                               _kept(s.masks[0]), [c], _kept(s.masks))
+                               _kept(s.masks[0]), (c,), _kept(s.masks))
             wanted.remove(c)
         seed += 1
     out = [found[c] for c in range(len(shapes.CLASSES))]
@@ -632,7 +636,7 @@ def _shapes_examples() -> tuple:
         used |= set(s.labels)
         names = " and ".join(s.names)
         out.append(Example(f"{names} (scene {seed - 1}, two objects)", _kept(s.image), s.labels[0], s.names[0],
-                           _kept(s.masks[0]), list(s.labels), _kept(s.masks)))
+                           _kept(s.masks[0]), tuple(s.labels), _kept(s.masks)))
     return tuple(out)
 
 
@@ -645,7 +649,7 @@ def _imagenet_examples() -> tuple:
         if not path.exists():
             continue
         target = e.get("target")
-        targets = list(e.get("targets") or ([target] if target is not None else []))
+        targets = tuple(e.get("targets") or ([target] if target is not None else []))
         out.append(Example(e.get("name", path.stem), _kept(load(path)), target,
                            names[target] if target is not None else None, None, targets, None))
     return tuple(out)

@@ -545,6 +545,9 @@ def test_the_shared_examples_cannot_be_changed_by_a_cell():
                         a[0, 0] = 0
             with pytest.raises(AttributeError):
                 ex.target = 0
+            assert isinstance(ex.targets, tuple), ex          # no .append to the shared classes
+    two = images.Example("made by hand", np.zeros((4, 4, 3)), 1, targets=[1, 2])
+    assert two.targets == (1, 2) and "targets=[1, 2]" in repr(two)
     first = images.examples(shapes_model)[0]
     before = first.image.copy()
     mine = first.image.copy()                     # what a reader does to draw on one
