@@ -82,13 +82,19 @@ def best_of(fns: dict, rounds: int, device, budget: float = 20.0, most: int = 40
     pays for the memory traffic of whatever ran before it (a batched SmoothGrad evicts the
     caches and returns pages that the next call faults in again), and the order of the methods,
     not their cost, would decide their ratios. A widget that is moved calls the same method again
-    and again, which is what this measures.
+    and again, which is what this measures. Each round starts one method further down the list
+    than the round before, so that no method always runs right after the same one: a long call
+    that always followed the same neighbour would pay for that neighbour's freed memory in every
+    round (on 2026-12-08 vanilla read 1.15 and 1.17 x floor at VGG16 batch 1 in two runs that kept
+    the order, though it does the floor's work: 1.00 when the two alternated).
     """
     times = {k: [] for k in fns}
+    items = list(fns.items())
     r, planned = 0, rounds + 1
     while r < planned:
         started = time.perf_counter()
-        for k, fn in fns.items():
+        shift = r % len(items)                      # rotated: each method follows each other one
+        for k, fn in items[shift:] + items[:shift]:
             if times[k] and times[k][-1] < 0.05:    # a short call: run it once untimed before,
                 fn()                                # so it does not pay for its predecessor's
             sync(device)                            # memory traffic (caches, freed pages)
