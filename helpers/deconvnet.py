@@ -215,7 +215,7 @@ def keep_one(act: torch.Tensor, channel: int, positions) -> torch.Tensor:
 
 def _reconstruct(model, x, layer, channel, position):
     feats, stop = _index(model, layer)
-    act, records = forward_with_switches(model, models.as_input(model, x), layer)
+    act, records = forward_with_switches(model, x, layer)         # which checks x (check_batch)
     channel = _check_channel(act, channel, models.layer_name(model, feats[stop]))
     positions = _positions(act[:, channel], position)
     signal = keep_one(act, channel, positions)
@@ -239,8 +239,7 @@ def reconstruct(model: nn.Module, x: torch.Tensor, layer, channel: int, position
     ``layer`` must be in ``model.features`` (an ``nn.Sequential`` of Conv2d, ReLU, MaxPool2d);
     other networks raise ``ValueError``. Explained in chapter 05, DeconvNet.
     """
-    models.check_images(x)
-    with hooks.frozen(model), torch.no_grad():
+    with hooks.frozen(model), torch.no_grad():       # x is checked in forward_with_switches
         signal, _, _ = _reconstruct(model, x, layer, channel, position)
     return signal.cpu()
 
@@ -341,10 +340,11 @@ def top_activations(model: nn.Module, images, layer, channel: int, k: int = 9, b
 
     feats, stop = _index(model, layer)
     name = models.layer_name(model, feats[stop])
-    with hooks.frozen(model), torch.no_grad():
+    # x is checked above: its slices are not checked again (forward_with_switches checks its input)
+    with hooks.frozen(model), torch.no_grad(), models.made_from_checked_input():
         maps = []
         for s in tqdm(range(0, len(x), batch_size), desc=f"{name}: pool", disable=not progress, leave=False):
-            act, _ = forward_with_switches(model, models.as_input(model, x[s:s + batch_size]), layer)
+            act, _ = forward_with_switches(model, x[s:s + batch_size], layer)
             channel = _check_channel(act, channel, name)
             maps.append(act[:, channel].cpu())
         maps = torch.cat(maps)
@@ -392,7 +392,7 @@ def occlusion(model: nn.Module, x: torch.Tensor, target, size: int | None = None
     """
     from tqdm.auto import tqdm
 
-    models.check_images(x)
+    xd = models.check_batch(model, x)           # checked, on the model's device and dtype
     n, _, h, w = x.shape
     targets = models.check_target(model, target, n)
     size = int(size) if size is not None else max(1, min(h, w) // 4)
@@ -407,7 +407,6 @@ def occlusion(model: nn.Module, x: torch.Tensor, target, size: int | None = None
     jobs = [(i, t, l) for i in range(n) for (t, l) in windows]
     probs = torch.empty(len(jobs))
     with hooks.frozen(model), torch.no_grad():
-        xd = models.as_input(model, x)
         for s in tqdm(range(0, len(jobs), batch_size), desc="occlusion", disable=not progress, leave=False):
             part = jobs[s:s + batch_size]
             xb = xd[[i for i, _, _ in part]].clone()

@@ -131,7 +131,7 @@ def feature_maps(model: nn.Module, x: torch.Tensor, layer, batch_size: int = 32)
     """
     x = _check_x(x, "feature_maps")
     batch_size = models.positive_int(batch_size, "batch_size")
-    with hooks.frozen(model):
+    with hooks.frozen(model), models.made_from_checked_input():     # x is checked: not its slices again
         outs = [hooks.forward_to(model, models.as_input(model, x[i:i + batch_size]), layer).float().cpu()
                 for i in range(0, x.shape[0], batch_size)]
     out = torch.cat(outs)

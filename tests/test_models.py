@@ -363,6 +363,8 @@ def test_raw_pixels_or_nan_where_a_normalised_image_goes_are_a_value_error():
         "deep_dream": lambda x: features.deep_dream(net, x, "features.4", steps=1, progress=False),
         "lrp": lambda x: lrp.lrp(net, x, 1),
         "deconvnet": lambda x: deconvnet.reconstruct(net, x, "features.4", 0),
+        "top_activations": lambda x: deconvnet.top_activations(net, x, "features.4", 0, k=1, progress=False),
+        "occlusion": lambda x: deconvnet.occlusion(net, x, 1, size=64, progress=False),
         "predict": lambda x: models.predict(net, x),
     }
     for name, call in calls.items():
